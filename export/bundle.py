@@ -1,0 +1,144 @@
+"""Write a model bundle: backbone + head ONNX files, parity checked, manifest last.
+
+The manifest is written last and atomically, so a directory without
+``manifest.json`` is an unfinished bundle and a worker never loads half of one.
+Every file is pinned by sha256 in the manifest; the worker re-checks them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from export.clip import ImageEncoder
+from export.heads.base import HeadMethod
+from export.onnx_io import export_module, parity
+from schemas import Backbone, BundleManifest, Calibration, Head, HeadInput, Parity, Preprocess
+from worker.bundle import MANIFEST, BundleError, LoadedBundle, file_sha256
+
+#: Largest PyTorch-vs-ORT difference accepted at export (embeddings and probabilities).
+PARITY_TOLERANCE = 1e-3
+
+
+@dataclass
+class HeadSpec:
+    """A fitted head and what the manifest should say about it."""
+
+    name: str
+    method: HeadMethod
+    training: dict[str, Any] = field(default_factory=dict)
+    trained: bool = True
+    weight: float = 1.0
+
+
+def _inputs_for(method: HeadMethod) -> tuple[list[HeadInput], list[str]]:
+    names = ["embedding" if s == "embedding" else "native_crop" for s in method.inputs]
+    specs = [HeadInput(name=n, source=s, crop_size=method.crop_size if s == "native_crop" else None) for n, s in zip(names, method.inputs, strict=True)]
+    return specs, names
+
+
+def parity_pixels(preprocess: Preprocess, n: int = 4, seed: int = 0) -> torch.Tensor:
+    """Normalised inputs for the parity check: smooth random images, not white noise."""
+    rng = np.random.default_rng(seed)
+    s = preprocess.image_size
+    low = rng.random((n, 3, 8, 8)).astype(np.float32)
+    img = torch.nn.functional.interpolate(torch.from_numpy(low), size=(s, s), mode="bilinear", align_corners=False)
+    mean = torch.tensor(preprocess.mean).view(1, 3, 1, 1)
+    std = torch.tensor(preprocess.std).view(1, 3, 1, 1)
+    return (img - mean) / std
+
+
+def write_bundle(
+    out: Path,
+    *,
+    encoder: ImageEncoder,
+    preprocess: Preprocess,
+    embed_dim: int,
+    architecture: str,
+    pretrained: str | None,
+    heads: list[HeadSpec],
+    calibration: Calibration,
+    name: str = "aigis",
+    version: str = "0.1.0",
+    metrics: dict[str, Any] | None = None,
+    notes: list[str] | None = None,
+) -> BundleManifest:
+    """Export everything into ``out`` and return the manifest (raises on failed parity)."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / MANIFEST).unlink(missing_ok=True)
+
+    pixels = parity_pixels(preprocess)
+    backbone_file = "backbone.onnx"
+    export_module(encoder, [pixels[:2]], ["pixel_values"], ["embedding"], out / backbone_file)
+    bb_diff = parity(encoder, out / backbone_file, [pixels], ["pixel_values"], ["embedding"])
+    with torch.no_grad():
+        emb = encoder(pixels)
+
+    head_entries: list[Head] = []
+    head_diffs: dict[str, float] = {}
+    for spec in heads:
+        method = spec.method
+        inputs, input_names = _inputs_for(method)
+        output_names = ["probability", *method.anomaly_outputs]
+        module = method.inference_module()
+        example = method.example_inputs(embed_dim, batch=2)
+        file = f"head-{spec.name}.onnx"
+        export_module(module, example, input_names, output_names, out / file)
+        check = [emb if s == "embedding" else t for s, t in zip(method.inputs, method.example_inputs(embed_dim, batch=len(emb)), strict=True)]
+        head_diffs[spec.name] = parity(module, out / file, check, input_names, output_names)
+        desc = method.describe()
+        head_entries.append(
+            Head(
+                name=spec.name,
+                method=method.name,
+                file=file,
+                inputs=inputs,
+                anomaly_outputs=list(method.anomaly_outputs),
+                weight=spec.weight,
+                hyperparameters=desc["hyperparameters"],
+                training={"paper": desc["paper"], **spec.training},
+                trained=spec.trained,
+            )
+        )
+
+    worst = max([bb_diff, *head_diffs.values()])
+    par = Parity(
+        backbone_max_abs_diff=bb_diff,
+        head_max_abs_diff=head_diffs,
+        tolerance=PARITY_TOLERANCE,
+        samples=len(pixels),
+        passed=worst <= PARITY_TOLERANCE,
+    )
+    if not par.passed:
+        raise BundleError(f"ONNX parity failed: max |torch - ort| = {worst:.2e} > {PARITY_TOLERANCE:.0e} ({par.model_dump()})")
+
+    files = {p.name: file_sha256(p) for p in sorted(out.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = BundleManifest(
+        name=name,
+        version=version,
+        created_at=datetime.now(UTC),
+        backbone=Backbone(architecture=architecture, pretrained=pretrained, file=backbone_file, embed_dim=embed_dim, preprocess=preprocess),
+        heads=head_entries,
+        calibration=calibration,
+        parity=par,
+        metrics=metrics or {},
+        files=files,
+        notes=notes or [],
+    )
+    tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    os.replace(tmp, out / MANIFEST)
+    LoadedBundle(out)  # the worker's own loader must accept what we wrote
+    return manifest
+
+
+def uncalibrated() -> Calibration:
+    """Placeholder operating point for heads never fit to data: 0.5, no band, flagged."""
+    return Calibration(threshold=0.5, uncertain_low=0.5, uncertain_high=0.5, target_fpr=None, calibrated=False)

@@ -1,0 +1,5 @@
+import sys
+
+from schemas.generate import main
+
+sys.exit(main())

@@ -1,0 +1,225 @@
+"""Event contracts on the three topics aigis touches.
+
+These pydantic v2 models are the single source of truth for the wire format.
+JSON Schema files are generated from them (``python -m schemas``) and checked
+in next to this module so that services in other languages can code-generate
+their consumers. Every event carries ``schema_version`` so a consumer can refuse
+what it does not understand instead of misreading it.
+"""
+
+from __future__ import annotations
+
+import base64
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+#: Versions of the event schemas this code reads and writes. A reader refuses a
+#: higher version (``unsupported_schema_version``) rather than guessing.
+UPLOAD_SCHEMA_VERSION = 1
+VERDICT_SCHEMA_VERSION = 1
+DEAD_LETTER_SCHEMA_VERSION = 1
+
+UploadId = Annotated[str, Field(min_length=1, max_length=512, description="Producer-assigned id of the upload; the Kafka key of every event about it.")]
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only timestamp form the events carry."""
+    return datetime.now(UTC)
+
+
+class _Event(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Label(StrEnum):
+    """What downstream services act on."""
+
+    ai_generated = "ai_generated"
+    real = "real"
+    uncertain = "uncertain"
+
+
+class CacheStatus(StrEnum):
+    """Where the verdict's score came from."""
+
+    miss = "miss"
+    hit = "hit"
+    near_duplicate = "near_duplicate"
+
+
+class ErrorCode(StrEnum):
+    """Closed list of reasons an upload went to the dead-letter topic.
+
+    Downstream tooling switches on these; add a member (and bump nothing else)
+    rather than reusing one with a different meaning.
+    """
+
+    undecodable = "undecodable"
+    too_large = "too_large"
+    unsupported_format = "unsupported_format"
+    decompression_bomb = "decompression_bomb"
+    image_too_small = "image_too_small"
+    decode_timeout = "decode_timeout"
+    schema_invalid = "schema_invalid"
+    unsupported_schema_version = "unsupported_schema_version"
+    invalid_base64 = "invalid_base64"
+    missing_key = "missing_key"
+    fetch_failed = "fetch_failed"
+    uri_refused = "uri_refused"
+    inference_failed = "inference_failed"
+
+
+class UploadEvent(_Event):
+    """An image to screen, as JSON on the uploads topic (wire format b).
+
+    Exactly one of ``image_base64`` (inline bytes) and ``image_uri`` (fetched by
+    the worker under its allow-list, size cap and timeout) is set. Raw image
+    bytes as the record value with the upload id as key (wire format a) need no
+    envelope at all.
+    """
+
+    schema_version: int = Field(UPLOAD_SCHEMA_VERSION, ge=1, description="Version of this schema the producer wrote.")
+    upload_id: UploadId
+    tenant: str | None = Field(None, max_length=256, description="Owning tenant, echoed into the verdict.")
+    image_base64: str | None = Field(None, description="The image bytes, standard base64 (RFC 4648).")
+    image_uri: str | None = Field(
+        None,
+        max_length=4096,
+        description="Where to fetch the image: https://, http:// or file:// (worker policy decides which are allowed).",
+    )
+    content_type: str | None = Field(None, max_length=128, description="Declared media type; advisory, the worker sniffs the bytes.")
+    submitted_at: datetime | None = Field(None, description="When the upload service accepted the upload.")
+
+    @model_validator(mode="after")
+    def _exactly_one_image(self) -> UploadEvent:
+        if (self.image_base64 is None) == (self.image_uri is None):
+            raise ValueError("exactly one of image_base64 and image_uri must be set")
+        return self
+
+    def image_bytes(self) -> bytes:
+        """Decode the inline image; raises ``binascii.Error`` on bad base64."""
+        if self.image_base64 is None:
+            raise ValueError("event carries a URI, not inline bytes")
+        return base64.b64decode(self.image_base64, validate=True)
+
+    @classmethod
+    def inline(cls, upload_id: str, data: bytes, **kw: object) -> UploadEvent:
+        """Build an event with the image inline (what producers usually want)."""
+        return cls(upload_id=upload_id, image_base64=base64.b64encode(data).decode("ascii"), **kw)
+
+
+class Thresholds(_Event):
+    """The operating point a label was decided with (from the bundle manifest)."""
+
+    threshold: float = Field(ge=0.0, le=1.0, description="Score at or above which an image is AI-generated.")
+    uncertain_low: float = Field(ge=0.0, le=1.0, description="Scores in [uncertain_low, uncertain_high) are labelled uncertain.")
+    uncertain_high: float = Field(ge=0.0, le=1.0)
+    target_fpr: float | None = Field(None, description="False-positive rate the threshold was calibrated for.")
+    calibrated: bool = Field(description="False when the bundle's head was never calibrated on validation data: labels carry no meaning.")
+
+
+class BundleRef(_Event):
+    """Which model produced a verdict; verdicts are reproducible per bundle sha256."""
+
+    name: str
+    version: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Timings(_Event):
+    """Milliseconds spent per stage for this upload (batch stages are shared by the batch)."""
+
+    queue_ms: float = Field(ge=0, description="From the record's broker timestamp to the worker picking it up.")
+    decode_ms: float = Field(ge=0, description="Fetch, decode and preprocess.")
+    inference_ms: float = Field(ge=0, description="Backbone and heads for the batch this upload rode in (0 on a cache hit).")
+    total_ms: float = Field(ge=0, description="From pick-up to the verdict being handed to the producer.")
+
+
+class ShadowScore(_Event):
+    """Score from a shadow bundle: logged and attached, never used for the label."""
+
+    bundle: BundleRef
+    score: float = Field(ge=0.0, le=1.0)
+    label: Label
+    head_scores: dict[str, float] = Field(default_factory=dict)
+
+
+class VerdictEvent(_Event):
+    """One per upload on the verdicts topic, keyed by upload id."""
+
+    schema_version: Literal[1] = VERDICT_SCHEMA_VERSION
+    upload_id: UploadId
+    tenant: str | None = None
+    content_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the image bytes that were scored.")
+    label: Label
+    score: float = Field(ge=0.0, le=1.0, description="Probability that the image is AI-generated (fused over heads).")
+    thresholds: Thresholds
+    head_scores: dict[str, float] = Field(default_factory=dict, description="Per-head probability of AI-generated.")
+    anomaly: dict[str, float] = Field(
+        default_factory=dict,
+        description="Raw anomaly signals some heads expose (e.g. gendet teacher-student discrepancy); worth monitoring for drift.",
+    )
+    bundle: BundleRef
+    cache: CacheStatus
+    timings: Timings
+    shadow: ShadowScore | None = None
+    produced_at: datetime = Field(default_factory=utcnow)
+
+    @property
+    def cached(self) -> bool:
+        return self.cache is not CacheStatus.miss
+
+
+class SourceRecord(_Event):
+    """Where on the input topic the dead-lettered record sits, so it can be replayed."""
+
+    topic: str
+    partition: int = Field(ge=0)
+    offset: int = Field(ge=0)
+    timestamp_ms: int | None = None
+
+
+class DeadLetter(_Event):
+    """An upload that could not be screened, and why. Nothing is dropped silently."""
+
+    schema_version: Literal[1] = DEAD_LETTER_SCHEMA_VERSION
+    upload_id: str | None = Field(None, description="The upload id when it could be read (record key or JSON field).")
+    tenant: str | None = None
+    error_code: ErrorCode
+    message: str = Field(max_length=2000, description="Human-readable detail; never contains image bytes.")
+    source: SourceRecord
+    payload_size: int = Field(ge=0, description="Bytes in the original record value.")
+    payload_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the original record value.")
+    payload_base64: str | None = Field(
+        None, description="The original record value, when it fits the dead-letter size cap, for replay without the input topic."
+    )
+    produced_at: datetime = Field(default_factory=utcnow)
+
+    @field_validator("message")
+    @classmethod
+    def _one_line(cls, v: str) -> str:
+        return " ".join(v.split())
+
+
+def b64encode(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+__all__ = [
+    "BundleRef",
+    "CacheStatus",
+    "DeadLetter",
+    "ErrorCode",
+    "Label",
+    "ShadowScore",
+    "SourceRecord",
+    "Thresholds",
+    "Timings",
+    "UploadEvent",
+    "VerdictEvent",
+    "b64encode",
+    "utcnow",
+]

@@ -1,0 +1,128 @@
+"""The model bundle contract shared by the PyTorch side (writer) and the worker (reader).
+
+A bundle is a directory: ``manifest.json`` plus the ONNX files it names. The
+manifest pins every file by sha256 so that a worker can refuse a bundle that was
+altered or half-copied, and the bundle's own identity (what verdicts and cache
+keys refer to) is the sha256 of ``manifest.json`` itself.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+MANIFEST_SCHEMA_VERSION = 1
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Preprocess(_Model):
+    """How pixels become the backbone's input: open_clip's eval transform, spelled out."""
+
+    image_size: int = Field(gt=0, description="Side of the square crop fed to the backbone.")
+    resize_mode: Literal["shortest"] = Field("shortest", description="Resize the shortest side to image_size, then centre-crop.")
+    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    allow_draft: bool = Field(True, description="Whether JPEG DCT-domain downscaling (Pillow draft mode) is acceptable before the resize.")
+
+
+class Backbone(_Model):
+    """The frozen open_clip image encoder, exported to ONNX."""
+
+    architecture: str = Field(description="open_clip model name, e.g. ViT-L-14 or the project's aigis-tiny.")
+    pretrained: str | None = Field(None, description="open_clip pretrained tag or checkpoint file name; None for random weights.")
+    file: str
+    input_name: str = "pixel_values"
+    output_name: str = "embedding"
+    embed_dim: int = Field(gt=0)
+    precision: Literal["fp32", "fp16", "int8"] = "fp32"
+    preprocess: Preprocess
+
+
+class HeadInput(_Model):
+    """One input tensor of a head graph and what the worker feeds it."""
+
+    name: str
+    source: Literal["embedding", "native_crop"] = Field(
+        description="embedding: backbone output (N, D). native_crop: RGB float32 in [0,1], (N, 3, S, S), centre crop at native resolution, never resized."
+    )
+    crop_size: int | None = Field(None, description="S for native_crop inputs.")
+
+
+class Head(_Model):
+    """A detector head: an ONNX graph whose ``probability`` output is P(AI-generated)."""
+
+    name: str = Field(description="Unique within the bundle; keys the verdict's head_scores.")
+    method: str = Field(description="Registry name of the method (linear-probe, gendet, knn, ...).")
+    file: str
+    inputs: list[HeadInput]
+    probability_output: str = "probability"
+    anomaly_outputs: list[str] = Field(default_factory=list, description="Extra outputs exposed in the verdict's anomaly map (e.g. discrepancy).")
+    weight: float = Field(1.0, gt=0, description="Weight in the log-odds fusion when the bundle has several heads.")
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict, description="Summary of the data the head was fit on.")
+    trained: bool = Field(True, description="False for a placeholder head with random weights.")
+
+
+class Calibration(_Model):
+    """Operating point: scores >= uncertain_high are AI, < uncertain_low are real, between is uncertain."""
+
+    threshold: float = Field(ge=0, le=1)
+    uncertain_low: float = Field(ge=0, le=1)
+    uncertain_high: float = Field(ge=0, le=1)
+    target_fpr: float | None = Field(None, gt=0, lt=1)
+    calibrated: bool = Field(description="True when the threshold was set on held-out validation data.")
+    validation: dict[str, Any] = Field(default_factory=dict, description="Metrics measured on the calibration split.")
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Calibration:
+        if not self.uncertain_low <= self.threshold <= self.uncertain_high:
+            raise ValueError("need uncertain_low <= threshold <= uncertain_high")
+        return self
+
+
+class Parity(_Model):
+    """PyTorch vs ONNX Runtime agreement measured at export time."""
+
+    backbone_max_abs_diff: float
+    head_max_abs_diff: dict[str, float] = Field(default_factory=dict)
+    tolerance: float
+    samples: int
+    passed: bool
+
+
+class BundleManifest(_Model):
+    schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
+    name: str
+    version: str
+    created_at: datetime
+    backbone: Backbone
+    heads: list[Head] = Field(min_length=1)
+    fusion: Literal["log_odds_mean"] = Field("log_odds_mean", description="How several heads' probabilities combine: weighted mean of logits.")
+    calibration: Calibration
+    parity: Parity | None = None
+    metrics: dict[str, Any] = Field(default_factory=dict, description="Evaluation results recorded at build time.")
+    files: dict[str, str] = Field(description="File name (relative to the bundle directory) -> sha256 hex digest, for every file the bundle needs.")
+    notes: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _files_cover_graphs(self) -> BundleManifest:
+        needed = {self.backbone.file, *(h.file for h in self.heads)}
+        missing = needed - set(self.files)
+        if missing:
+            raise ValueError(f"files map lacks a sha256 for {sorted(missing)}")
+        names = [h.name for h in self.heads]
+        if len(set(names)) != len(names):
+            raise ValueError("head names must be unique")
+        return self
+
+    @property
+    def native_crop_size(self) -> int | None:
+        """Largest native crop any head asks for (None when no head needs raw pixels)."""
+        sizes = [i.crop_size or 0 for h in self.heads for i in h.inputs if i.source == "native_crop"]
+        return max(sizes) if sizes else None

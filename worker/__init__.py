@@ -1,0 +1,1 @@
+"""aigis worker: the torch-free streaming service (Kafka, ONNX Runtime, Redis)."""

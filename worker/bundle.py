@@ -1,0 +1,147 @@
+"""Load a model bundle (manifest + ONNX files), verify it, and score batches.
+
+Every file's sha256 is checked against the manifest before a session is
+created: a bundle altered after export, or half-copied onto a node, is refused
+rather than served. The bundle's identity is the sha256 of ``manifest.json``
+(which pins every file), and verdicts and cache keys refer to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from pydantic import ValidationError
+
+from schemas import BundleManifest, BundleRef, Head
+from worker.onnx_session import OnnxModel
+
+MANIFEST = "manifest.json"
+_EPS = 1e-7
+
+
+class BundleError(RuntimeError):
+    """The bundle cannot be served (missing file, checksum mismatch, bad manifest)."""
+
+
+def file_sha256(path: Path, chunk: int = 1 << 20) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        while block := fh.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_manifest(bundle_dir: Path) -> tuple[BundleManifest, str]:
+    """Parse and validate ``manifest.json``; returns it with its own sha256."""
+    path = bundle_dir / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{bundle_dir} is not a bundle: no {MANIFEST}")
+    raw = path.read_bytes()
+    try:
+        manifest = BundleManifest.model_validate(json.loads(raw))
+    except (ValueError, ValidationError) as exc:
+        raise BundleError(f"{path} is not a valid bundle manifest: {exc}") from exc
+    return manifest, hashlib.sha256(raw).hexdigest()
+
+
+def verify_files(bundle_dir: Path, manifest: BundleManifest) -> None:
+    """Refuse the bundle unless every listed file exists with the recorded sha256."""
+    problems = []
+    for name, expected in manifest.files.items():
+        path = (bundle_dir / name).resolve()
+        if bundle_dir.resolve() not in path.parents:
+            problems.append(f"{name}: path escapes the bundle directory")
+        elif not path.is_file():
+            problems.append(f"{name}: missing")
+        elif (actual := file_sha256(path)) != expected:
+            problems.append(f"{name}: sha256 {actual[:12]}… does not match manifest {expected[:12]}…")
+    if problems:
+        raise BundleError(f"bundle {bundle_dir} failed verification: " + "; ".join(problems))
+
+
+def logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(p.astype(np.float64), _EPS, 1 - _EPS)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def fuse_log_odds(probabilities: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Weighted mean of the heads' log-odds, mapped back to a probability."""
+    total = float(sum(weights))
+    acc = sum(w * logit(p) for p, w in zip(probabilities, weights, strict=True))
+    return sigmoid(acc / total)
+
+
+@dataclass
+class ScoreBatch:
+    """Scores for a batch: fused probability plus per-head probabilities and anomaly signals."""
+
+    probability: np.ndarray
+    head_scores: dict[str, np.ndarray] = field(default_factory=dict)
+    anomaly: dict[str, np.ndarray] = field(default_factory=dict)
+
+    def row(self, i: int) -> tuple[float, dict[str, float], dict[str, float]]:
+        return (
+            float(self.probability[i]),
+            {k: float(v[i]) for k, v in self.head_scores.items()},
+            {k: float(v[i]) for k, v in self.anomaly.items()},
+        )
+
+
+class LoadedBundle:
+    """A verified bundle with live ONNX Runtime sessions."""
+
+    def __init__(self, path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), intra_op_threads: int = 0) -> None:
+        self.path = Path(path)
+        self.manifest, self.sha256 = read_manifest(self.path)
+        verify_files(self.path, self.manifest)
+        self.ref = BundleRef(name=self.manifest.name, version=self.manifest.version, sha256=self.sha256)
+        bb = self.manifest.backbone
+        self.preprocess = bb.preprocess
+        self.backbone = OnnxModel(self.path / bb.file, providers, intra_op_threads)
+        self.heads: list[tuple[Head, OnnxModel]] = [(h, OnnxModel(self.path / h.file, providers, intra_op_threads)) for h in self.manifest.heads]
+        self.native_crop_size = self.manifest.native_crop_size
+
+    @property
+    def providers(self) -> list[str]:
+        return self.backbone.providers
+
+    def embed(self, pixels: np.ndarray) -> np.ndarray:
+        bb = self.manifest.backbone
+        return self.backbone.run({bb.input_name: pixels}, [bb.output_name])[bb.output_name]
+
+    def score_embeddings(self, embeddings: np.ndarray, native: np.ndarray | None = None) -> ScoreBatch:
+        """Run every head on precomputed embeddings (and native crops where a head asks)."""
+        head_probs: dict[str, np.ndarray] = {}
+        anomaly: dict[str, np.ndarray] = {}
+        for head, model in self.heads:
+            feeds: dict[str, np.ndarray] = {}
+            for inp in head.inputs:
+                if inp.source == "embedding":
+                    feeds[inp.name] = embeddings
+                else:
+                    if native is None:
+                        raise BundleError(f"head {head.name} needs native crops but none were given")
+                    feeds[inp.name] = native
+            out = model.run(feeds, [head.probability_output, *head.anomaly_outputs])
+            head_probs[head.name] = np.asarray(out[head.probability_output], dtype=np.float64).reshape(-1)
+            for name in head.anomaly_outputs:
+                anomaly[f"{head.name}.{name}"] = np.asarray(out[name], dtype=np.float64).reshape(-1)
+        if len(self.heads) == 1:
+            fused = next(iter(head_probs.values()))
+        else:
+            fused = fuse_log_odds(list(head_probs.values()), [h.weight for h, _ in self.heads])
+        fused = np.clip(np.nan_to_num(fused, nan=0.5), 0.0, 1.0)
+        return ScoreBatch(fused, head_probs, anomaly)
+
+    def score(self, pixels: np.ndarray, native: np.ndarray | None = None) -> ScoreBatch:
+        """Backbone then heads for a batch of preprocessed images (N, 3, S, S)."""
+        return self.score_embeddings(self.embed(pixels), native)

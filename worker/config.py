@@ -1,0 +1,157 @@
+"""Worker configuration: one pydantic model, three sources.
+
+Every field is settable as ``--kebab-case`` on the command line and as
+``AIGIS_UPPER_SNAKE`` in the environment (command line wins, then environment,
+then the default). The argparse parser is generated from the model, so ``--help``
+always documents every option with its variable and default, and deploy
+manifests can be checked against :func:`env_var_names`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+ENV_PREFIX = "AIGIS_"
+
+_GROUPS = {
+    "kafka": "Kafka",
+    "model": "Model bundle and inference",
+    "cache": "Redis cache",
+    "input": "Input limits and fetching",
+    "runtime": "Batching and runtime",
+    "ops": "Operations",
+}
+
+
+def _f(default: Any, help: str, group: str, **kw: Any) -> Any:
+    return Field(default, description=help, json_schema_extra={"group": group}, **kw)
+
+
+class WorkerConfig(BaseModel):
+    """Everything a worker process needs to know; validated once at start-up."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # Kafka
+    bootstrap_servers: str = _f("127.0.0.1:9092", "Kafka bootstrap servers, comma-separated host:port.", "kafka")
+    input_topic: str = _f("aigis.uploads", "Topic the upload events arrive on.", "kafka")
+    verdict_topic: str = _f("aigis.verdicts", "Topic verdicts are published to (key = upload id).", "kafka")
+    dead_letter_topic: str = _f("aigis.dead-letters", "Topic undecodable or refused uploads go to, with an error code.", "kafka")
+    group_id: str = _f("aigis-workers", "Consumer group; run N workers with the same group to scale out.", "kafka")
+    client_id: str = _f("aigis-worker", "Kafka client id prefix (the pid is appended).", "kafka")
+    create_topics: bool = _f(False, "Create the three topics at start-up if missing (development convenience).", "kafka")
+    topic_partitions: int = _f(6, "Partitions for topics created by --create-topics.", "kafka", ge=1)
+    session_timeout_ms: int = _f(10_000, "Consumer group session timeout: how soon a dead worker's partitions move.", "kafka", ge=500)
+    heartbeat_interval_ms: int = _f(3_000, "Consumer heartbeat interval (keep below a third of the session timeout).", "kafka", ge=100)
+    max_poll_interval_ms: int = _f(300_000, "Longest gap between polls before the group evicts this worker.", "kafka", ge=1000)
+    auto_offset_reset: str = _f("earliest", "Where a new consumer group starts: earliest or latest.", "kafka", pattern="^(earliest|latest)$")
+    # Model
+    bundle: Path | None = _f(None, "Model bundle directory (manifest.json + ONNX files). Required to run.", "model")
+    providers: str = _f(
+        "CUDAExecutionProvider,CPUExecutionProvider",
+        "ONNX Runtime execution providers in order of preference; unavailable ones are skipped (CPU is the last resort).",
+        "model",
+    )
+    intra_op_threads: int = _f(0, "ONNX Runtime intra-op threads (0 = ORT default: one per physical core).", "model", ge=0)
+    # Cache
+    redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis for the verdict cache; empty string disables caching.", "cache")
+    cache_ttl_s: int = _f(7 * 24 * 3600, "Seconds a cached verdict lives.", "cache", ge=1)
+    redis_timeout_s: float = _f(0.5, "Socket timeout for every Redis call; a slow Redis is treated as a miss.", "cache", gt=0)
+    # Input
+    max_image_bytes: int = _f(10 * 1024 * 1024, "Largest image accepted, in bytes (checked before decoding).", "input", ge=1024)
+    max_image_pixels: int = _f(40_000_000, "Largest decoded image, in pixels; above this is a decompression bomb.", "input", ge=1)
+    min_image_side: int = _f(8, "Smallest accepted width/height in pixels.", "input", ge=1)
+    fetch_allowed_hosts: str = _f("", "Comma-separated hosts http(s) URIs may point at; empty refuses all http(s) URIs.", "input")
+    fetch_file_root: Path | None = _f(None, "Directory file:// URIs must lie under; unset refuses file:// URIs.", "input")
+    fetch_timeout_s: float = _f(5.0, "Timeout for fetching a URI image.", "input", gt=0)
+    dead_letter_payload_max_bytes: int = _f(
+        1024 * 1024, "Original payloads up to this size are copied into the dead letter (base64) for replay.", "input", ge=0
+    )
+    # Runtime
+    max_batch: int = _f(32, "Most images per inference batch.", "runtime", ge=1)
+    max_wait_ms: int = _f(20, "Longest a batch waits to fill once it has its first image.", "runtime", ge=0)
+    decode_threads: int = _f(2, "Threads that fetch/decode/preprocess images in parallel with inference.", "runtime", ge=1)
+    exit_when_idle_s: float = _f(0.0, "Exit after this many seconds without input (0 = run forever). For bounded runs.", "runtime", ge=0)
+    # Ops
+    log_level: str = _f("info", "Log level: debug, info, warning, error.", "ops", pattern="^(debug|info|warning|error)$")
+    log_format: str = _f("json", "json (one object per line) or console (for humans).", "ops", pattern="^(json|console)$")
+
+    @field_validator("providers")
+    @classmethod
+    def _non_empty(cls, v: str) -> str:
+        if not [p for p in v.split(",") if p.strip()]:
+            raise ValueError("at least one provider is required")
+        return v
+
+    @property
+    def provider_list(self) -> list[str]:
+        return [p.strip() for p in self.providers.split(",") if p.strip()]
+
+    @property
+    def allowed_hosts(self) -> frozenset[str]:
+        return frozenset(h.strip().lower() for h in self.fetch_allowed_hosts.split(",") if h.strip())
+
+
+def env_var(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def env_var_names() -> set[str]:
+    """Every environment variable the worker reads (deploy manifests are checked against this)."""
+    return {env_var(name) for name in WorkerConfig.model_fields}
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool or (get_origin(annotation) is not None and bool in get_args(annotation))
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one option per config field, grouped, with env var and default in the help."""
+    groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
+    for name, info in WorkerConfig.model_fields.items():
+        extra = info.json_schema_extra or {}
+        group = groups[extra.get("group", "ops")] if isinstance(extra, dict) else parser
+        flag = "--" + name.replace("_", "-")
+        default = info.default
+        shown = "unset" if default is None or default == "" else default
+        help_text = f"{info.description} [env {env_var(name)}; default: {shown}]"
+        if _is_bool(info.annotation):
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        else:
+            group.add_argument(flag, default=None, metavar=name.upper(), help=help_text)
+
+
+def load_config(args: argparse.Namespace | None = None, environ: Mapping[str, str] | None = None) -> WorkerConfig:
+    """Merge defaults < environment < command line and validate.
+
+    Raises ``SystemExit`` with every problem listed when validation fails, so a
+    misconfigured pod dies at start with a message instead of misbehaving later.
+    """
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    for name in WorkerConfig.model_fields:
+        if env_var(name) in environ:
+            raw = environ[env_var(name)]
+            values[name] = raw if not _is_bool(WorkerConfig.model_fields[name].annotation) else raw.strip().lower() in {"1", "true", "yes", "on"}
+        if args is not None and getattr(args, name, None) is not None:
+            values[name] = getattr(args, name)
+    try:
+        return WorkerConfig(**values)
+    except ValidationError as exc:
+        lines = [
+            f"  {'.'.join(str(p) for p in e['loc'])} ({'--' + str(e['loc'][0]).replace('_', '-')} / {env_var(str(e['loc'][0]))}): {e['msg']}"
+            for e in exc.errors()
+        ]
+        raise SystemExit("invalid worker configuration:\n" + "\n".join(lines)) from None
+
+
+def config_from_argv(argv: Sequence[str] | None = None) -> WorkerConfig:
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return load_config(parser.parse_args(argv))

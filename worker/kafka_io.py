@@ -1,0 +1,84 @@
+"""Kafka clients configured to carry whole images, and topic creation.
+
+Inline images up to ``max_image_bytes`` must fit through every hop: the
+producer's request size, the topic's ``max.message.bytes`` and the consumer's
+fetch sizes are all derived from that one number (plus base64/JSON headroom).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import structlog
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import NewTopic
+from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+log = structlog.get_logger(__name__)
+
+
+def message_bytes_for(max_image_bytes: int) -> int:
+    """Largest record value a topic must accept: base64 of the image plus envelope headroom."""
+    return max_image_bytes * 4 // 3 + 256 * 1024
+
+
+def make_consumer(bootstrap: str, topic: str, group_id: str, max_image_bytes: int, client_id: str = "aigis-worker", **kw: object) -> KafkaConsumer:
+    fetch = message_bytes_for(max_image_bytes)
+    return KafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap.split(","),
+        group_id=group_id,
+        client_id=f"{client_id}-{os.getpid()}",
+        enable_auto_commit=False,
+        auto_offset_reset=kw.pop("auto_offset_reset", "earliest"),
+        max_partition_fetch_bytes=fetch,
+        fetch_max_bytes=max(fetch, 52_428_800),
+        **kw,
+    )
+
+
+def make_producer(bootstrap: str, max_image_bytes: int, client_id: str = "aigis-worker", **kw: object) -> KafkaProducer:
+    return KafkaProducer(
+        bootstrap_servers=bootstrap.split(","),
+        client_id=f"{client_id}-{os.getpid()}",
+        acks="all",
+        max_request_size=message_bytes_for(max_image_bytes),
+        linger_ms=kw.pop("linger_ms", 2),
+        retries=kw.pop("retries", 10),
+        **kw,
+    )
+
+
+def ensure_topics(bootstrap: str, topics: list[str], partitions: int, max_image_bytes: int, timeout_s: float = 30.0) -> None:
+    """Create missing topics with a message size that fits the largest inline image."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="aigis-admin")
+            break
+        except KafkaError as exc:
+            if time.monotonic() > deadline:
+                raise
+            log.info("waiting_for_broker", error=str(exc))
+            time.sleep(0.5)
+    try:
+        existing = set(admin.list_topics())
+        new = [
+            NewTopic(
+                t,
+                num_partitions=partitions,
+                replication_factor=1,
+                topic_configs={"max.message.bytes": str(message_bytes_for(max_image_bytes))},
+            )
+            for t in topics
+            if t not in existing
+        ]
+        if new:
+            try:
+                admin.create_topics(new)
+                log.info("topics_created", topics=[t.name for t in new], partitions=partitions)
+            except TopicAlreadyExistsError:
+                pass
+    finally:
+        admin.close()

@@ -1,0 +1,91 @@
+"""open_clip's eval transform, reproduced with Pillow and numpy (no torch).
+
+open_clip (``image_transform(is_train=False, resize_mode="shortest")``) does:
+torchvision ``Resize(S, bicubic, antialias)`` on the shortest side, which for a
+Pillow image is ``Image.resize`` with the long side ``int(S * long / short)``;
+``CenterCrop(S)`` with offsets ``int(round((H - S) / 2))``; ``ToTensor`` (/255)
+and ``Normalize(mean, std)``. Each step below mirrors one of those, so the
+embeddings the worker computes match the ones the heads were trained on; a test
+checks it against open_clip itself on real photographs.
+
+One deliberate difference: images are converted to RGB *before* resizing (in
+:mod:`worker.decode`), where open_clip converts after. For RGB inputs (every
+photograph) the two are identical; for palette or alpha images ours is the
+better-defined order (bicubic on colours, not palette indices).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image
+
+from schemas import Preprocess
+
+_RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """(w, h) after torchvision's shortest-side resize to ``size``."""
+    if width <= height:
+        return size, int(size * height / width)
+    return int(size * width / height), size
+
+
+def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, int]:
+    """torchvision's CenterCrop box (left, top, right, bottom); Python's round, as theirs."""
+    left = round((width - crop) / 2.0)
+    top = round((height - crop) / 2.0)
+    return left, top, left + crop, top + crop
+
+
+def resize_and_crop(img: Image.Image, cfg: Preprocess) -> Image.Image:
+    """Shortest-side resize then centre crop: the geometric half of the transform."""
+    w, h = img.size
+    new = resized_size(w, h, cfg.image_size)
+    if new != (w, h):
+        img = img.resize(new, _RESAMPLE[cfg.interpolation])
+    if img.size != (cfg.image_size, cfg.image_size):
+        img = _crop_or_pad(img, cfg.image_size)
+    return img
+
+
+def _crop_or_pad(img: Image.Image, size: int) -> Image.Image:
+    """CenterCrop; like torchvision, pads with zeros where the image is smaller than the crop."""
+    w, h = img.size
+    if w >= size and h >= size:
+        return img.crop(center_crop_box(w, h, size))
+    canvas = Image.new("RGB", (max(w, size), max(h, size)))
+    canvas.paste(img, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
+    return canvas.crop(center_crop_box(canvas.width, canvas.height, size))
+
+
+def normalize(rgb: np.ndarray, cfg: Preprocess) -> np.ndarray:
+    """uint8 HWC -> float32 CHW, scaled to [0,1] then standardised per channel."""
+    mean = np.asarray(cfg.mean, dtype=np.float32).reshape(3, 1, 1)
+    std = np.asarray(cfg.std, dtype=np.float32).reshape(3, 1, 1)
+    chw = np.asarray(rgb, dtype=np.float32).transpose(2, 0, 1) / np.float32(255.0)
+    return (chw - mean) / std
+
+
+def clip_input(img: Image.Image, cfg: Preprocess) -> np.ndarray:
+    """The backbone's input for one RGB image: float32 (3, S, S)."""
+    return normalize(np.asarray(resize_and_crop(img, cfg)), cfg)
+
+
+def native_crop(img: Image.Image, size: int) -> np.ndarray:
+    """Centre crop at native resolution for frequency heads: float32 (3, size, size) in [0, 1].
+
+    Never resized: resampling would erase the upsampling traces such heads look
+    for. An image smaller than ``size`` is mirror-padded (reflection keeps local
+    statistics closer to the image's own than a constant border would).
+    """
+    arr = np.asarray(img, dtype=np.uint8)
+    h, w = arr.shape[:2]
+    if h < size or w < size:
+        ph, pw = max(0, size - h), max(0, size - w)
+        mode = "reflect" if h > ph and w > pw else "symmetric"
+        arr = np.pad(arr, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode=mode)
+        h, w = arr.shape[:2]
+    left, top, right, bottom = center_crop_box(w, h, size)
+    crop = arr[top:bottom, left:right]
+    return np.ascontiguousarray(crop.transpose(2, 0, 1), dtype=np.float32) / np.float32(255.0)

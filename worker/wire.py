@@ -1,0 +1,141 @@
+"""Kafka records to uploads: the two input wire formats.
+
+(a) value = raw image bytes, key = upload id, optional headers ``content-type``
+    and ``tenant``.
+(b) value = JSON :class:`~schemas.UploadEvent` (image inline as base64, or a URI).
+
+A value is JSON when the ``content-type`` header says ``application/json`` or
+its first non-blank byte is ``{`` (no image format starts with one). Anything
+wrong raises :class:`~worker.errors.InputError`, which becomes a dead letter.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from pydantic import ValidationError
+
+from schemas import UPLOAD_SCHEMA_VERSION, ErrorCode, SourceRecord, UploadEvent
+from worker.errors import InputError
+
+
+@dataclass(frozen=True)
+class InputRecord:
+    """The parts of a Kafka record the pipeline uses (decoupled from the client library)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int | None
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+    @classmethod
+    def from_kafka(cls, rec: Any) -> InputRecord:
+        ts = rec.timestamp if getattr(rec, "timestamp", -1) not in (None, -1) else None
+        return cls(rec.topic, rec.partition, rec.offset, ts, rec.key, rec.value, tuple(rec.headers or ()))
+
+    @property
+    def source(self) -> SourceRecord:
+        return SourceRecord(topic=self.topic, partition=self.partition, offset=self.offset, timestamp_ms=self.timestamp_ms)
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k.lower() == name and v is not None:
+                return v.decode("utf-8", "replace").strip()
+        return None
+
+    def key_text(self) -> str | None:
+        if not self.key:
+            return None
+        text = self.key.decode("utf-8", "replace").strip()
+        return text or None
+
+
+@dataclass(frozen=True)
+class Upload:
+    """A parsed upload: either inline bytes or a URI still to fetch."""
+
+    upload_id: str
+    tenant: str | None
+    content_type: str | None
+    data: bytes | None
+    uri: str | None
+    submitted_at: datetime | None = None
+
+
+def looks_like_json(rec: InputRecord) -> bool:
+    ctype = (rec.header("content-type") or "").lower()
+    if ctype.startswith("application/json"):
+        return True
+    if ctype.startswith("image/"):
+        return False
+    return (rec.value or b"").lstrip()[:1] == b"{"
+
+
+def best_effort_ids(rec: InputRecord) -> tuple[str | None, str | None]:
+    """Upload id and tenant for a dead letter, from whatever part of the record is readable."""
+    upload_id, tenant = rec.key_text(), rec.header("tenant")
+    if upload_id is None and looks_like_json(rec):
+        try:
+            doc = json.loads(rec.value or b"")
+            if isinstance(doc, dict):
+                uid = doc.get("upload_id")
+                upload_id = uid if isinstance(uid, str) and uid else None
+                t = doc.get("tenant")
+                tenant = t if isinstance(t, str) else tenant
+        except ValueError:
+            pass
+    return upload_id[:512] if upload_id else None, tenant
+
+
+def parse_record(rec: InputRecord, max_image_bytes: int) -> Upload:
+    """Turn a record into an :class:`Upload` or raise ``InputError``."""
+    value = rec.value
+    if value is None or len(value) == 0:
+        raise InputError(ErrorCode.undecodable, "record has no value")
+    if looks_like_json(rec):
+        return _parse_json(rec, max_image_bytes)
+    upload_id = rec.key_text()
+    if upload_id is None:
+        raise InputError(ErrorCode.missing_key, "raw image record without a key (the key must be the upload id)")
+    if len(upload_id) > 512:
+        raise InputError(ErrorCode.schema_invalid, "upload id (record key) longer than 512 characters")
+    if len(value) > max_image_bytes:
+        raise InputError(ErrorCode.too_large, f"image is {len(value)} bytes, limit {max_image_bytes}")
+    return Upload(upload_id, rec.header("tenant"), rec.header("content-type"), value, None)
+
+
+def _parse_json(rec: InputRecord, max_image_bytes: int) -> Upload:
+    value = rec.value or b""
+    # base64 inflates by 4/3; anything far beyond that is too large before we even parse it.
+    if len(value) > max_image_bytes * 4 // 3 + 64 * 1024:
+        raise InputError(ErrorCode.too_large, f"JSON event is {len(value)} bytes, too large for a {max_image_bytes}-byte image")
+    try:
+        doc = json.loads(value)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(ErrorCode.schema_invalid, f"malformed JSON: {exc}") from None
+    if not isinstance(doc, dict):
+        raise InputError(ErrorCode.schema_invalid, f"event must be a JSON object, got {type(doc).__name__}")
+    version = doc.get("schema_version", UPLOAD_SCHEMA_VERSION)
+    if isinstance(version, int) and not isinstance(version, bool) and version > UPLOAD_SCHEMA_VERSION:
+        raise InputError(ErrorCode.unsupported_schema_version, f"schema_version {version} is newer than the {UPLOAD_SCHEMA_VERSION} this worker reads")
+    try:
+        event = UploadEvent.model_validate(doc)
+    except ValidationError as exc:
+        detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}" for e in exc.errors()[:5])
+        raise InputError(ErrorCode.schema_invalid, detail) from None
+    if event.image_base64 is not None:
+        try:
+            data = event.image_bytes()
+        except (binascii.Error, ValueError) as exc:
+            raise InputError(ErrorCode.invalid_base64, f"image_base64 is not valid base64: {exc}") from None
+        if len(data) > max_image_bytes:
+            raise InputError(ErrorCode.too_large, f"image is {len(data)} bytes, limit {max_image_bytes}")
+        return Upload(event.upload_id, event.tenant, event.content_type, data, None, event.submitted_at)
+    return Upload(event.upload_id, event.tenant, event.content_type, None, event.image_uri, event.submitted_at)
