@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import onnxruntime as ort
 from pydantic import ValidationError
 
 from schemas import BundleManifest, BundleRef, Head
@@ -99,15 +100,17 @@ class ScoreBatch:
 class LoadedBundle:
     """A verified bundle with live ONNX Runtime sessions."""
 
-    def __init__(self, path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), intra_op_threads: int = 0) -> None:
+    def __init__(self, path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), intra_op_threads: int = 0, io_binding: bool | None = None) -> None:
         self.path = Path(path)
         self.manifest, self.sha256 = read_manifest(self.path)
         verify_files(self.path, self.manifest)
         self.ref = BundleRef(name=self.manifest.name, version=self.manifest.version, sha256=self.sha256)
         bb = self.manifest.backbone
         self.preprocess = bb.preprocess
-        self.backbone = OnnxModel(self.path / bb.file, providers, intra_op_threads)
-        self.heads: list[tuple[Head, OnnxModel]] = [(h, OnnxModel(self.path / h.file, providers, intra_op_threads)) for h in self.manifest.heads]
+        self.backbone = OnnxModel(self.path / bb.file, providers, intra_op_threads, io_binding)
+        self.heads: list[tuple[Head, OnnxModel]] = [(h, OnnxModel(self.path / h.file, providers, intra_op_threads, io_binding)) for h in self.manifest.heads]
+        # The embedding stays on the device between backbone and heads only when every session binds IO on one device.
+        self.io_binding = self.backbone.io_binding and all(m.io_binding and m.device == self.backbone.device for _, m in self.heads)
         self.native_crop_size = self.manifest.native_crop_size
 
     @property
@@ -118,7 +121,7 @@ class LoadedBundle:
         bb = self.manifest.backbone
         return self.backbone.run({bb.input_name: pixels}, [bb.output_name])[bb.output_name]
 
-    def score_embeddings(self, embeddings: np.ndarray, native: np.ndarray | None = None) -> ScoreBatch:
+    def score_embeddings(self, embeddings: np.ndarray | ort.OrtValue, native: np.ndarray | None = None) -> ScoreBatch:
         """Run every head on precomputed embeddings (and native crops where a head asks)."""
         head_probs: dict[str, np.ndarray] = {}
         anomaly: dict[str, np.ndarray] = {}
@@ -131,7 +134,8 @@ class LoadedBundle:
                     if native is None:
                         raise BundleError(f"head {head.name} needs native crops but none were given")
                     feeds[inp.name] = native
-            out = model.run(feeds, [head.probability_output, *head.anomaly_outputs])
+            names = [head.probability_output, *head.anomaly_outputs]
+            out = model.run_bound(feeds, names) if self.io_binding else model.run(feeds, names)  # type: ignore[arg-type]
             head_probs[head.name] = np.asarray(out[head.probability_output], dtype=np.float64).reshape(-1)
             for name in head.anomaly_outputs:
                 anomaly[f"{head.name}.{name}"] = np.asarray(out[name], dtype=np.float64).reshape(-1)
@@ -144,4 +148,8 @@ class LoadedBundle:
 
     def score(self, pixels: np.ndarray, native: np.ndarray | None = None) -> ScoreBatch:
         """Backbone then heads for a batch of preprocessed images (N, 3, S, S)."""
+        if self.io_binding:
+            bb = self.manifest.backbone
+            embedding = self.backbone.run_bound({bb.input_name: pixels}, [bb.output_name], frozenset({bb.output_name}))[bb.output_name]
+            return self.score_embeddings(embedding, native)
         return self.score_embeddings(self.embed(pixels), native)

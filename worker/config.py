@@ -59,10 +59,19 @@ class WorkerConfig(BaseModel):
         "model",
     )
     intra_op_threads: int = _f(0, "ONNX Runtime intra-op threads (0 = ORT default: one per physical core).", "model", ge=0)
+    shadow_bundle: Path | None = _f(
+        None, "A second bundle scored on every freshly inferred image; its score rides along as `shadow`, never changing the label.", "model"
+    )
+    bundle_watch_interval_s: float = _f(5.0, "How often to check the bundle's manifest.json for a new version to hot-swap (0 = only on SIGHUP).", "model", ge=0)
     # Cache
     redis_url: str = _f("redis://127.0.0.1:6379/0", "Redis for the verdict cache; empty string disables caching.", "cache")
     cache_ttl_s: int = _f(7 * 24 * 3600, "Seconds a cached verdict lives.", "cache", ge=1)
     redis_timeout_s: float = _f(0.5, "Socket timeout for every Redis call; a slow Redis is treated as a miss.", "cache", gt=0)
+    cache_breaker_failures: int = _f(3, "Consecutive Redis failures that open the circuit breaker (cache bypassed).", "cache", ge=1)
+    cache_breaker_reset_s: float = _f(5.0, "Seconds the breaker stays open before one probe call tries Redis again.", "cache", gt=0)
+    near_duplicate_max_distance: int = _f(
+        -1, "Serve exact-cache misses from a cached image whose 64-bit pHash is within this Hamming distance (-1 = off).", "cache", ge=-1, le=15
+    )
     # Input
     max_image_bytes: int = _f(10 * 1024 * 1024, "Largest image accepted, in bytes (checked before decoding).", "input", ge=1024)
     max_image_pixels: int = _f(40_000_000, "Largest decoded image, in pixels; above this is a decompression bomb.", "input", ge=1)
@@ -70,6 +79,7 @@ class WorkerConfig(BaseModel):
     fetch_allowed_hosts: str = _f("", "Comma-separated hosts http(s) URIs may point at; empty refuses all http(s) URIs.", "input")
     fetch_file_root: Path | None = _f(None, "Directory file:// URIs must lie under; unset refuses file:// URIs.", "input")
     fetch_timeout_s: float = _f(5.0, "Timeout for fetching a URI image.", "input", gt=0)
+    decode_timeout_s: float = _f(5.0, "Per-image limit on decode + preprocess; slower images are dead-lettered as decode_timeout (0 = none).", "input", ge=0)
     dead_letter_payload_max_bytes: int = _f(
         1024 * 1024, "Original payloads up to this size are copied into the dead letter (base64) for replay.", "input", ge=0
     )
@@ -77,8 +87,12 @@ class WorkerConfig(BaseModel):
     max_batch: int = _f(32, "Most images per inference batch.", "runtime", ge=1)
     max_wait_ms: int = _f(20, "Longest a batch waits to fill once it has its first image.", "runtime", ge=0)
     decode_threads: int = _f(2, "Threads that fetch/decode/preprocess images in parallel with inference.", "runtime", ge=1)
+    max_in_flight: int = _f(0, "Records in the pipeline before partitions are paused (0 = 4 x max-batch); resumed at half.", "runtime", ge=0)
+    shutdown_grace_s: float = _f(20.0, "On SIGTERM: seconds to finish and deliver in-flight batches before leaving the group anyway.", "runtime", gt=0)
     exit_when_idle_s: float = _f(0.0, "Exit after this many seconds without input (0 = run forever). For bounded runs.", "runtime", ge=0)
     # Ops
+    metrics_port: int = _f(0, "Port for /metrics (Prometheus), /healthz (liveness) and /readyz (readiness); 0 = off.", "ops", ge=0, le=65535)
+    liveness_timeout_s: float = _f(60.0, "/healthz fails when the poll loop or a pipeline stage made no progress for this long.", "ops", gt=0)
     log_level: str = _f("info", "Log level: debug, info, warning, error.", "ops", pattern="^(debug|info|warning|error)$")
     log_format: str = _f("json", "json (one object per line) or console (for humans).", "ops", pattern="^(json|console)$")
 

@@ -23,10 +23,18 @@ def message_bytes_for(max_image_bytes: int) -> int:
     return max_image_bytes * 4 // 3 + 256 * 1024
 
 
-def make_consumer(bootstrap: str, topic: str, group_id: str, max_image_bytes: int, client_id: str = "aigis-worker", **kw: object) -> KafkaConsumer:
+def make_consumer(
+    bootstrap: str, topic: str, group_id: str, max_image_bytes: int, client_id: str = "aigis-worker", listener: object | None = None, **kw: object
+) -> KafkaConsumer:
+    """A consumer sized for whole images, subscribed to ``topic`` (with a rebalance listener if given).
+
+    ``request_timeout_ms`` is 30 s rather than kafka-python's 305 s so that a
+    commit against a vanished broker (e.g. in the revoke listener) gives up in
+    bounded time; group joins use their own, longer timeout.
+    """
     fetch = message_bytes_for(max_image_bytes)
-    return KafkaConsumer(
-        topic,
+    consumer = KafkaConsumer(
+        *([] if listener is not None else [topic]),
         bootstrap_servers=bootstrap.split(","),
         group_id=group_id,
         client_id=f"{client_id}-{os.getpid()}",
@@ -34,8 +42,12 @@ def make_consumer(bootstrap: str, topic: str, group_id: str, max_image_bytes: in
         auto_offset_reset=kw.pop("auto_offset_reset", "earliest"),
         max_partition_fetch_bytes=fetch,
         fetch_max_bytes=max(fetch, 52_428_800),
+        request_timeout_ms=kw.pop("request_timeout_ms", 30_000),
         **kw,
     )
+    if listener is not None:
+        consumer.subscribe(topics=[topic], listener=listener)
+    return consumer
 
 
 def make_producer(bootstrap: str, max_image_bytes: int, client_id: str = "aigis-worker", **kw: object) -> KafkaProducer:

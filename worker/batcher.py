@@ -1,0 +1,55 @@
+"""Dynamic micro-batching, decoupled from Kafka polling (as Triton's dynamic batcher).
+
+The poll thread drops records into an inbox queue as they arrive; the batcher
+takes the first record as soon as there is one, then keeps taking until it has
+``max_batch`` records or ``max_wait_ms`` have passed since that first record.
+Under load batches fill at once (throughput); under light load a record waits
+at most ``max_wait_ms`` for company (latency). How records were grouped by the
+consumer's fetches does not matter.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from typing import Generic, TypeVar
+
+T = TypeVar("T")
+
+
+class MicroBatcher(Generic[T]):
+    def __init__(self, inbox: queue.Queue[T], max_batch: int, max_wait_ms: int, stopping: Callable[[], bool]) -> None:
+        self.inbox = inbox
+        self.max_batch = max_batch
+        self.max_wait_s = max_wait_ms / 1000
+        self.stopping = stopping
+
+    def next_batch(self, idle_poll_s: float = 0.1) -> list[T]:
+        """The next batch, or [] when stopping was requested while waiting for the first record."""
+        while True:
+            if self.stopping():
+                return []
+            try:
+                first = self.inbox.get(timeout=idle_poll_s)
+                break
+            except queue.Empty:
+                continue
+        batch = [first]
+        deadline = time.monotonic() + self.max_wait_s
+        while len(batch) < self.max_batch:
+            # Take what is already queued without waiting.
+            try:
+                while len(batch) < self.max_batch:
+                    batch.append(self.inbox.get_nowait())
+                continue
+            except queue.Empty:
+                pass
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(self.inbox.get(timeout=remaining))
+            except queue.Empty:
+                break
+        return batch
