@@ -96,6 +96,32 @@ class Parity(_Model):
     passed: bool
 
 
+class Fidelity(_Model):
+    """How closely a derived bundle (int8 / fp16 / fused graph) reproduces the fp32 bundle it was made from.
+
+    Written by ``python -m export variant``. Measured with the worker's own
+    runtime on real photographs, because a quantised backbone that drifts from
+    the one the heads were trained on silently moves every score.
+    """
+
+    reference_name: str
+    reference_version: str
+    reference_sha256: str = Field(description="sha256 of the fp32 bundle's manifest.json this variant derives from.")
+    precision: Literal["fp32", "fp16", "int8"]
+    transforms: list[str] = Field(default_factory=list, description="What was applied, in order (e.g. 'fusion:clip', 'quantize_dynamic:int8/per_channel').")
+    fused_operators: dict[str, int] = Field(default_factory=dict, description="Operator counts the transformer fusion produced (empty without fusion).")
+    measured: bool = Field(description="False when the variant could not run where it was built (e.g. fp16 without a GPU); the fields below are then None.")
+    provider: str | None = Field(None, description="ONNX Runtime provider the comparison ran on.")
+    images: int = Field(0, ge=0, description="Number of real photographs (and crops of them) compared.")
+    image_source: str | None = None
+    embedding_cosine_min: float | None = None
+    embedding_cosine_mean: float | None = None
+    score_abs_diff_max: float | None = Field(None, description="Largest |variant score - fp32 score| over the images.")
+    score_abs_diff_mean: float | None = None
+    label_agreement: float | None = Field(None, description="Fraction of images whose label (at the bundle's calibration) is unchanged.")
+    note: str | None = None
+
+
 class BundleManifest(_Model):
     schema_version: Literal[1] = MANIFEST_SCHEMA_VERSION
     name: str
@@ -109,6 +135,7 @@ class BundleManifest(_Model):
     metrics: dict[str, Any] = Field(default_factory=dict, description="Evaluation results recorded at build time.")
     files: dict[str, str] = Field(description="File name (relative to the bundle directory) -> sha256 hex digest, for every file the bundle needs.")
     notes: list[str] = Field(default_factory=list)
+    fidelity: Fidelity | None = Field(None, description="Set on variants (int8/fp16/fused) made from an fp32 bundle: how far they drift from it.")
 
     @model_validator(mode="after")
     def _files_cover_graphs(self) -> BundleManifest:
