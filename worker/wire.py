@@ -5,8 +5,15 @@
 (b) value = JSON :class:`~schemas.UploadEvent` (image inline as base64, or a URI).
 
 A value is JSON when the ``content-type`` header says ``application/json`` or
-its first non-blank byte is ``{`` (no image format starts with one). Anything
-wrong raises :class:`~worker.errors.InputError`, which becomes a dead letter.
+its first non-blank byte (after an optional UTF-8 byte-order mark) is ``{`` (no
+image format starts with one). Anything wrong raises
+:class:`~worker.errors.InputError`, which becomes a dead letter.
+
+Upload ids are taken exactly as sent or not at all: a key that is not UTF-8, or
+an id longer than :data:`MAX_UPLOAD_ID_CHARS`, is refused (``schema_invalid``)
+and the dead letter carries no ``upload_id`` rather than a lossy or truncated
+one that could collide with a real upload's id (the dead-letter record keeps
+the original key bytes, and ``source`` says where the record was).
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ from pydantic import ValidationError
 
 from schemas import UPLOAD_SCHEMA_VERSION, ErrorCode, SourceRecord, UploadEvent
 from worker.errors import InputError
+
+#: Longest upload id accepted (the schemas' ``UploadId`` bound).
+MAX_UPLOAD_ID_CHARS = 512
+_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
@@ -51,10 +62,24 @@ class InputRecord:
         return None
 
     def key_text(self) -> str | None:
+        """The key as an upload id: None when absent, blank or not valid UTF-8 (never a lossy decode)."""
         if not self.key:
             return None
-        text = self.key.decode("utf-8", "replace").strip()
+        try:
+            text = self.key.decode("utf-8").strip()
+        except UnicodeDecodeError:
+            return None
         return text or None
+
+    def key_is_binary(self) -> bool:
+        """True for a key that is present but not UTF-8 (refused rather than decoded with replacement characters)."""
+        if not self.key:
+            return False
+        try:
+            self.key.decode("utf-8")
+        except UnicodeDecodeError:
+            return True
+        return False
 
 
 @dataclass(frozen=True)
@@ -75,23 +100,26 @@ def looks_like_json(rec: InputRecord) -> bool:
         return True
     if ctype.startswith("image/"):
         return False
-    return (rec.value or b"").lstrip()[:1] == b"{"
+    return (rec.value or b"").removeprefix(_BOM).lstrip()[:1] == b"{"
 
 
 def best_effort_ids(rec: InputRecord) -> tuple[str | None, str | None]:
     """Upload id and tenant for a dead letter, from whatever part of the record is readable."""
     upload_id, tenant = rec.key_text(), rec.header("tenant")
-    if upload_id is None and looks_like_json(rec):
+    if looks_like_json(rec):
         try:
             doc = json.loads(rec.value or b"")
             if isinstance(doc, dict):
                 uid = doc.get("upload_id")
-                upload_id = uid if isinstance(uid, str) and uid else None
+                if isinstance(uid, str) and 0 < len(uid) <= MAX_UPLOAD_ID_CHARS:
+                    upload_id = uid  # the event's own id is the one its producer tracks
                 t = doc.get("tenant")
                 tenant = t if isinstance(t, str) else tenant
-        except ValueError:
+        except (ValueError, RecursionError):
             pass
-    return upload_id[:512] if upload_id else None, tenant
+    if upload_id is not None and len(upload_id) > MAX_UPLOAD_ID_CHARS:
+        upload_id = None  # a truncated id could name a different upload
+    return upload_id, tenant
 
 
 def parse_record(rec: InputRecord, max_image_bytes: int) -> Upload:
@@ -101,11 +129,13 @@ def parse_record(rec: InputRecord, max_image_bytes: int) -> Upload:
         raise InputError(ErrorCode.undecodable, "record has no value")
     if looks_like_json(rec):
         return _parse_json(rec, max_image_bytes)
+    if rec.key_is_binary():
+        raise InputError(ErrorCode.schema_invalid, f"record key is not valid UTF-8 ({len(rec.key or b'')} bytes); the key must be the upload id as text")
     upload_id = rec.key_text()
     if upload_id is None:
         raise InputError(ErrorCode.missing_key, "raw image record without a key (the key must be the upload id)")
-    if len(upload_id) > 512:
-        raise InputError(ErrorCode.schema_invalid, "upload id (record key) longer than 512 characters")
+    if len(upload_id) > MAX_UPLOAD_ID_CHARS:
+        raise InputError(ErrorCode.schema_invalid, f"upload id (record key) is {len(upload_id)} characters, limit {MAX_UPLOAD_ID_CHARS}")
     if len(value) > max_image_bytes:
         raise InputError(ErrorCode.too_large, f"image is {len(value)} bytes, limit {max_image_bytes}")
     return Upload(upload_id, rec.header("tenant"), rec.header("content-type"), value, None)
@@ -117,19 +147,27 @@ def _parse_json(rec: InputRecord, max_image_bytes: int) -> Upload:
     if len(value) > max_image_bytes * 4 // 3 + 64 * 1024:
         raise InputError(ErrorCode.too_large, f"JSON event is {len(value)} bytes, too large for a {max_image_bytes}-byte image")
     try:
-        doc = json.loads(value)
+        doc = json.loads(value)  # bytes: json detects UTF-8/16/32 and a UTF-8 BOM itself
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(ErrorCode.schema_invalid, f"malformed JSON: {exc}") from None
+    except RecursionError:
+        raise InputError(ErrorCode.schema_invalid, "malformed JSON: nested too deeply") from None
     if not isinstance(doc, dict):
         raise InputError(ErrorCode.schema_invalid, f"event must be a JSON object, got {type(doc).__name__}")
-    version = doc.get("schema_version", UPLOAD_SCHEMA_VERSION)
-    if isinstance(version, int) and not isinstance(version, bool) and version > UPLOAD_SCHEMA_VERSION:
+    # Checked before validation: a newer producer's event may carry fields this
+    # version forbids, and "newer schema" is the more useful answer than "invalid".
+    version = _declared_version(doc.get("schema_version", UPLOAD_SCHEMA_VERSION))
+    if version is not None and version > UPLOAD_SCHEMA_VERSION:
         raise InputError(ErrorCode.unsupported_schema_version, f"schema_version {version} is newer than the {UPLOAD_SCHEMA_VERSION} this worker reads")
     try:
         event = UploadEvent.model_validate(doc)
     except ValidationError as exc:
         detail = "; ".join(f"{'.'.join(str(p) for p in e['loc']) or 'event'}: {e['msg']}" for e in exc.errors()[:5])
         raise InputError(ErrorCode.schema_invalid, detail) from None
+    if event.schema_version > UPLOAD_SCHEMA_VERSION:  # pydantic's lax mode reads 2.0 and "2" as 2
+        raise InputError(
+            ErrorCode.unsupported_schema_version, f"schema_version {event.schema_version} is newer than the {UPLOAD_SCHEMA_VERSION} this worker reads"
+        )
     if event.image_base64 is not None:
         try:
             data = event.image_bytes()
@@ -139,3 +177,16 @@ def _parse_json(rec: InputRecord, max_image_bytes: int) -> Upload:
             raise InputError(ErrorCode.too_large, f"image is {len(data)} bytes, limit {max_image_bytes}")
         return Upload(event.upload_id, event.tenant, event.content_type, data, None, event.submitted_at)
     return Upload(event.upload_id, event.tenant, event.content_type, None, event.image_uri, event.submitted_at)
+
+
+def _declared_version(raw: Any) -> int | None:
+    """The schema_version a producer meant, for int, integral float and numeric-string spellings; None otherwise."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw
+    if isinstance(raw, float) and raw.is_integer():
+        return int(raw)
+    if isinstance(raw, str) and raw.strip().isdigit() and len(raw) < 20:
+        return int(raw.strip())
+    return None
