@@ -1,7 +1,11 @@
 """``python -m export``: the PyTorch side of aigis.
 
-python -m export bundle OUT ...   train (or load) heads, export backbone + heads, write the manifest
-python -m export demo             the end-to-end demo behind `make demo`
+python -m export synth OUT              make the synthetic real/fake benchmark (UniversalFakeDetect layout)
+python -m export embed DATASET OUT     frozen open_clip embeddings, sharded and resumable
+python -m export bundle OUT ...        train heads (--data) or a placeholder, export backbone + heads, write the manifest
+python -m export eval BUNDLE... DATA   score a dataset through the worker's runtime: per-generator metrics, robustness, plots
+python -m export benchmark OUT         synth -> embed -> one bundle per method -> eval -> README table
+python -m export demo                  the end-to-end demo behind `make demo`
 """
 
 from __future__ import annotations
@@ -15,37 +19,95 @@ from export import heads as head_registry
 
 
 def cmd_bundle(args: argparse.Namespace) -> int:
-    from export.bundle import HeadSpec, uncalibrated, write_bundle
-    from export.clip import load_encoder
+    if args.data is not None:
+        from export.train import parse_set, train_bundle
 
-    encoder, preprocess, dim = load_encoder(args.arch, args.pretrained, seed=args.seed)
+        manifest = train_bundle(
+            args.out,
+            data=args.data,
+            methods=args.method,
+            arch=args.arch,
+            pretrained=args.pretrained,
+            seed=args.seed,
+            profile=args.profile,
+            overrides=parse_set(args.set),
+            target_fpr=args.target_fpr,
+            band_factor=args.band_factor,
+            val_fraction=args.val_fraction,
+            include_generators=args.generator,
+            exclude_generators=args.exclude_generator,
+            cache_root=args.cache_dir,
+            embeddings_dir=args.embeddings,
+            name=args.name,
+            version=args.version,
+        )
+        cal = manifest.calibration
+        v = cal.validation
+        print(f"wrote bundle {args.out} ({manifest.backbone.architecture}, heads: {', '.join(h.name for h in manifest.heads)})")
+        print(
+            f"calibrated on {v['n_real']} real + {v['n_fake']} fake validation images: threshold {cal.threshold:.4f} for FPR <= {cal.target_fpr:.2%}, "
+            f"uncertain band [{cal.uncertain_low:.4f}, {cal.uncertain_high:.4f}); validation AUC {_fmt(v['roc_auc'])}, AP {_fmt(v['average_precision'])}"
+        )
+        for note in manifest.notes:
+            print(f"note: {note}")
+        return 0
+
+    from export.bundle import HeadSpec, uncalibrated, write_bundle
+    from export.clip import DEFAULT_ARCH, load_encoder
+
+    arch = args.arch or DEFAULT_ARCH
+    encoder, preprocess, dim = load_encoder(arch, args.pretrained, seed=args.seed)
     specs = []
     for method_name in args.method:
         cls = head_registry.get(method_name)
-        if args.data is None:
-            if method_name != "linear-probe":
-                raise SystemExit(f"--data is required to build a {method_name} head (only linear-probe has an untrained placeholder)")
-            method = cls(dim=dim, seed=args.seed)
-            specs.append(HeadSpec(method_name, method, {"data": None}, trained=False))
-        else:
-            raise SystemExit("training from --data arrives with the detectors issue")
-    notes = ["head is untrained (random weights): scores carry no meaning"] if args.data is None else []
+        if method_name != "linear-probe":
+            raise SystemExit(f"--data is required to build a {method_name} head (only linear-probe has an untrained placeholder)")
+        method = cls(dim=dim, seed=args.seed)
+        specs.append(HeadSpec(method_name, method, {"data": None}, trained=False))
     manifest = write_bundle(
         args.out,
         encoder=encoder,
         preprocess=preprocess,
         embed_dim=dim,
-        architecture=args.arch,
+        architecture=arch,
         pretrained=args.pretrained,
         heads=specs,
         calibration=uncalibrated(),
         name=args.name,
         version=args.version,
-        notes=notes,
+        notes=["head is untrained (random weights): scores carry no meaning"],
     )
     print(f"wrote bundle {args.out} ({manifest.backbone.architecture}, heads: {', '.join(h.name for h in manifest.heads)})")
     print(f"parity: backbone {manifest.parity.backbone_max_abs_diff:.2e}, heads {manifest.parity.head_max_abs_diff}" if manifest.parity else "")
     return 0
+
+
+def _fmt(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.4f}"
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from export.synth import run
+
+    return run(args)
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from export.embed import run
+
+    return run(args)
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from export.evaluate import run
+
+    return run(args)
+
+
+def cmd_benchmark(args: argparse.Namespace) -> int:
+    from export.benchmark import run
+
+    return run(args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -60,7 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bundle", help="build a model bundle (manifest + ONNX files)", description="Build a model bundle directory the worker can load.")
     b.add_argument("out", type=Path, help="Output directory (created; an existing manifest is replaced).")
-    b.add_argument("--arch", default="ViT-L-14", help="open_clip architecture (default ViT-L-14; aigis-tiny for tests and the demo).")
+    b.add_argument(
+        "--arch",
+        default=None,
+        help="open_clip architecture (default: the one the --data embeddings were made with, else ViT-L-14; aigis-tiny for tests and the demo).",
+    )
     b.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local checkpoint path (default: random weights).")
     b.add_argument(
         "--method",
@@ -68,20 +134,62 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"Head method, repeatable for an ensemble. Known: {', '.join(head_registry.names())}.",
     )
-    b.add_argument("--data", type=Path, default=None, help="Dataset in UniversalFakeDetect layout to train the heads on.")
+    b.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="Train the heads on this: an image dataset in UniversalFakeDetect layout (embedded on the fly, cached) or an embedding directory "
+        "from `python -m export embed`. Without it only an untrained linear-probe placeholder can be built.",
+    )
+    b.add_argument("--profile", default="paper", help="Hyper-parameter profile: paper (the papers' values, default) or small-data (a few hundred images).")
+    b.add_argument(
+        "--set", action="append", default=None, metavar="METHOD.FIELD=VALUE", help="Override one hyper-parameter, e.g. gendet.margin=1.5 (repeatable)."
+    )
+    b.add_argument("--target-fpr", type=float, default=0.01, help="False-positive rate the threshold is calibrated for on validation (default 0.01).")
+    b.add_argument("--band-factor", type=float, default=5.0, help="Uncertain band = scores flagged at FPR band-factor x target but not at target (default 5).")
+    b.add_argument("--val-fraction", type=float, default=0.2, help="Share of every (generator, label) group held out for validation/calibration (default 0.2).")
+    b.add_argument("--generator", action="append", default=None, help="Train on this generator only (repeatable; default all).")
+    b.add_argument("--exclude-generator", action="append", default=None, help="Leave this generator out of training (repeatable): leave-one-generator-out.")
+    b.add_argument("--embeddings", type=Path, default=None, help="Where to embed an image --data (default: a cache directory under --cache-dir).")
+    b.add_argument("--cache-dir", type=Path, default=Path(".aigis/embeddings"), help="Embedding cache for image --data (default .aigis/embeddings).")
     b.add_argument("--name", default="aigis", help="Bundle name recorded in verdicts.")
     b.add_argument("--version", default="0.1.0", help="Bundle version recorded in verdicts.")
     b.add_argument("--seed", type=int, default=0, help="Seed for random weights and training.")
     b.set_defaults(func=cmd_bundle)
 
+    from export import benchmark, embed, evaluate, synth
+
+    sy = sub.add_parser(
+        "synth", help="make the synthetic real/fake benchmark dataset", description=synth.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    synth.add_arguments(sy)
+    sy.set_defaults(func=cmd_synth)
+
+    em = sub.add_parser(
+        "embed", help="embed a dataset with a frozen open_clip encoder", description=embed.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    embed.add_arguments(em)
+    em.set_defaults(func=cmd_embed)
+
+    ev = sub.add_parser(
+        "eval",
+        help="evaluate bundles on a dataset through the worker's runtime",
+        description=evaluate.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_arguments(ev)
+    ev.set_defaults(func=cmd_eval)
+
+    bm = sub.add_parser(
+        "benchmark", help="synthetic benchmark end to end, README table", description=benchmark.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    benchmark.add_arguments(bm)
+    bm.set_defaults(func=cmd_benchmark)
+
     d = sub.add_parser("demo", help="end-to-end demo: broker + Redis + one worker + real photos", description="The demo behind `make demo`.")
     d.add_argument("--workdir", type=Path, default=Path(".aigis/demo"), help="Where the demo keeps its bundle and data (reused between runs).")
     d.add_argument("--count", type=int, default=0, help="Limit the number of photographs published (0 = all).")
     d.set_defaults(func=cmd_demo)
-
-    from export.variants import add_parser as add_variant_parser  # `python -m export variant`: int8/fp16/fused bundles (performance issue)
-
-    add_variant_parser(sub)
     return parser
 
 

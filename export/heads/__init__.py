@@ -13,6 +13,11 @@ from export.heads.base import EmbeddingSet, FitReport, HeadConfig, HeadMethod
 #: registry name -> "module:Class"
 REGISTRY: dict[str, str] = {
     "linear-probe": "export.heads.linear_probe:LinearProbe",
+    "knn": "export.heads.knn:KNN",
+    "gendet": "export.heads.gendet:GenDet",
+    "gendet-dr": "export.heads.gendet_dr:GenDetDR",
+    "ntf": "export.heads.ntf:NTF",
+    "freq": "export.heads.freq:Freq",
 }
 
 

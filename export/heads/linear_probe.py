@@ -64,7 +64,7 @@ class LinearProbe(HeadMethod):
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
-                total += float(loss) * len(idx)
+                total += loss.item() * len(idx)
             train_loss = total / len(x)
             val_loss = train_loss
             if val is not None and len(val):

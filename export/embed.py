@@ -1,0 +1,322 @@
+"""``python -m export embed DATASET OUT``: frozen open_clip embeddings of a dataset, sharded and resumable.
+
+What the heads train on must be what the worker will compute when it serves,
+so every image goes through the worker's own code: :func:`worker.decode.decode_image`
+(EXIF orientation, RGB conversion, limits), :func:`worker.preprocess.clip_input`
+(open_clip's eval transform in numpy) and, for heads that read pixels,
+:func:`worker.preprocess.native_crop`. Only the encoder itself runs in PyTorch
+(on the GPU when there is one); ONNX-vs-PyTorch parity is checked at export.
+
+Output directory::
+
+    meta.json                      backbone, encoder weights fingerprint, options (all shards must agree)
+    chunks/s{i}of{n}-c{k}.npz      embeddings (N, D) float32, labels, generators, paths,
+                                   views (N, 2, D) for --views (NaN rows for fakes),
+                                   native (N, 3, S, S) uint8 for --native-crop S
+    s{i}of{n}.index.csv            path, label, generator, chunk: written when shard i is complete
+    s{i}of{n}.done.json            completion marker; loading refuses a set with a shard missing
+
+Resumable: a chunk file is written atomically once its images are embedded,
+and a rerun skips every chunk already on disk. ``--shard i/n`` embeds every
+n-th chunk of the sorted file list starting at i, so n machines can split the
+work and their output directories can be merged by copying.
+
+Draft-mode JPEG decoding (Pillow's DCT-domain downscale) mirrors the worker:
+on when no native crop is asked for, off otherwise (the worker turns it off
+for bundles that have a pixel-reading head). The two differ only for JPEGs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import hashlib
+import json
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from export.clip import ImageEncoder, load_encoder
+from export.datasets import Item, list_dataset
+from export.heads.base import EmbeddingSet
+from schemas import Preprocess
+from worker.decode import DecodeLimits, decode_image
+from worker.preprocess import clip_input, native_crop
+
+FORMAT = 1
+META = "meta.json"
+#: Options that must match between runs writing into the same directory.
+_FIXED = ("format", "arch", "pretrained", "seed", "encoder_sha256", "dim", "views", "native_crop", "chunk_size", "shards", "files_total", "view_seed")
+
+
+@dataclass(frozen=True)
+class EmbedOptions:
+    arch: str = "ViT-L-14"
+    pretrained: str | None = None
+    seed: int = 0
+    batch_size: int = 64
+    chunk_size: int = 512
+    views: bool = False
+    view_seed: int = 0
+    native_crop: int | None = None
+    shard: tuple[int, int] = (0, 1)
+    device: str = "auto"
+    workers: int = 2
+
+
+def encoder_fingerprint(encoder: torch.nn.Module) -> str:
+    """sha256 over the encoder's weights: embeddings and the bundle's backbone must come from the same ones."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(encoder.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def augment_view(img: Image.Image, rng: np.random.Generator) -> Image.Image:
+    """One random augmentation for NTF's two views: resized crop (60-100% area), flip, colour jitter."""
+    w, h = img.size
+    area = w * h * rng.uniform(0.6, 1.0)
+    aspect = np.exp(rng.uniform(np.log(3 / 4), np.log(4 / 3)))
+    cw = int(min(w, round(np.sqrt(area * aspect))))
+    ch = int(min(h, round(np.sqrt(area / aspect))))
+    left = int(rng.integers(0, w - cw + 1))
+    top = int(rng.integers(0, h - ch + 1))
+    out = img.crop((left, top, left + cw, top + ch))
+    if rng.random() < 0.5:
+        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+    arr = np.asarray(out, dtype=np.float32)
+    arr = (arr - arr.mean()) * rng.uniform(0.8, 1.2) + arr.mean() * rng.uniform(0.8, 1.2)
+    return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8))
+
+
+def _view_rng(rel: str, seed: int) -> np.random.Generator:
+    return np.random.default_rng(int.from_bytes(hashlib.sha256(f"{seed}:{rel}".encode()).digest()[:8], "little"))
+
+
+@dataclass
+class Prepared:
+    pixels: np.ndarray
+    views: np.ndarray | None
+    native: np.ndarray | None
+
+
+def prepare(item: Item, pre: Preprocess, opts: EmbedOptions, limits: DecodeLimits) -> Prepared:
+    """The worker's decode and preprocessing for one file (plus NTF's views for real images)."""
+    draft = pre.image_size if (pre.allow_draft and opts.native_crop is None) else None
+    decoded = decode_image(item.path.read_bytes(), limits, draft)
+    pixels = clip_input(decoded.image, pre)
+    views = None
+    if opts.views and item.label == 0:
+        rng = _view_rng(item.rel, opts.view_seed)
+        views = np.stack([clip_input(augment_view(decoded.image, rng), pre) for _ in range(2)])
+    native = None
+    if opts.native_crop:
+        native = np.round(native_crop(decoded.image, opts.native_crop) * 255.0).astype(np.uint8)
+    return Prepared(pixels, views, native)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _encode(encoder: ImageEncoder, pixels: np.ndarray, device: torch.device, batch: int) -> np.ndarray:
+    out = []
+    with torch.inference_mode():
+        for lo in range(0, len(pixels), batch):
+            out.append(encoder(torch.from_numpy(pixels[lo : lo + batch]).to(device)).float().cpu().numpy())
+    return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def _chunk_name(shard: tuple[int, int], k: int) -> str:
+    return f"s{shard[0]}of{shard[1]}-c{k:05d}.npz"
+
+
+def _write_meta(out: Path, meta: dict[str, Any]) -> None:
+    path = out / META
+    if path.is_file():
+        old = json.loads(path.read_text())
+        diff = {k: (old.get(k), meta.get(k)) for k in _FIXED if old.get(k) != meta.get(k)}
+        if diff:
+            raise SystemExit(f"{out} holds embeddings made with other settings {diff}; use another output directory")
+        return
+    tmp = out / f".{META}.{os.getpid()}.tmp"
+    tmp.write_text(json.dumps(meta, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def embed_dataset(root: Path, out: Path, opts: EmbedOptions, progress: bool = False) -> dict[str, Any]:
+    """Embed this shard of ``root`` into ``out`` (skipping chunks already there); returns the meta."""
+    from tqdm import tqdm
+
+    i, n = opts.shard
+    if not (n >= 1 and 0 <= i < n):
+        raise SystemExit(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
+    items = list_dataset(root)
+    encoder, pre, dim = load_encoder(opts.arch, opts.pretrained, seed=opts.seed)
+    device = _device(opts.device)
+    encoder = encoder.to(device)
+    meta = {
+        "format": FORMAT,
+        "dataset": str(Path(root).resolve()),
+        "arch": opts.arch,
+        "pretrained": opts.pretrained,
+        "seed": opts.seed,
+        "encoder_sha256": encoder_fingerprint(encoder),
+        "dim": dim,
+        "preprocess": pre.model_dump(mode="json"),
+        "views": opts.views,
+        "view_seed": opts.view_seed,
+        "native_crop": opts.native_crop,
+        "chunk_size": opts.chunk_size,
+        "shards": n,
+        "files_total": len(items),
+    }
+    (out / "chunks").mkdir(parents=True, exist_ok=True)
+    _write_meta(out, meta)
+
+    chunks = [items[lo : lo + opts.chunk_size] for lo in range(0, len(items), opts.chunk_size)]
+    mine = [(k, c) for k, c in enumerate(chunks) if k % n == i]
+    todo = [(k, c) for k, c in mine if not (out / "chunks" / _chunk_name(opts.shard, k)).is_file()]
+    todo_ids = {k for k, _ in todo}
+    limits = DecodeLimits()
+    done = sum(len(c) for k, c in mine if k not in todo_ids)
+    bar = tqdm(total=sum(len(c) for _, c in mine), initial=done, desc=f"embed {i}/{n}", unit="img", disable=not progress)
+    with ThreadPoolExecutor(max(1, opts.workers)) as pool:
+        for k, chunk in todo:
+            prepared: list[Prepared] = []
+            for lo in range(0, len(chunk), opts.batch_size):
+                batch = list(pool.map(lambda it: prepare(it, pre, opts, limits), chunk[lo : lo + opts.batch_size]))
+                prepared.extend(batch)
+                bar.update(len(batch))
+            emb = _encode(encoder, np.stack([p.pixels for p in prepared]), device, opts.batch_size)
+            arrays: dict[str, np.ndarray] = {
+                "embeddings": emb.astype(np.float32),
+                "labels": np.array([it.label for it in chunk], dtype=np.int8),
+                "generators": np.array([it.generator for it in chunk]),
+                "paths": np.array([it.rel for it in chunk]),
+            }
+            if opts.views:
+                views = np.full((len(chunk), 2, dim), np.nan, dtype=np.float32)
+                rows = [j for j, p in enumerate(prepared) if p.views is not None]
+                if rows:
+                    flat = _encode(encoder, np.concatenate([prepared[j].views for j in rows]), device, opts.batch_size)  # type: ignore[misc]
+                    views[rows] = flat.reshape(len(rows), 2, dim)
+                arrays["views"] = views
+            if opts.native_crop:
+                arrays["native"] = np.stack([p.native for p in prepared])  # type: ignore[misc]
+            path = out / "chunks" / _chunk_name(opts.shard, k)
+            tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
+            np.savez(tmp, **arrays)
+            os.replace(tmp, path)
+    bar.close()
+
+    with (out / f"s{i}of{n}.index.csv").open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["path", "label", "generator", "chunk"])
+        for k, chunk in mine:
+            for it in chunk:
+                w.writerow([it.rel, it.label, it.generator, _chunk_name(opts.shard, k)])
+    (out / f"s{i}of{n}.done.json").write_text(json.dumps({"shard": [i, n], "chunks": len(mine), "rows": sum(len(c) for _, c in mine)}) + "\n")
+    return meta
+
+
+def is_embedding_dir(path: Path) -> bool:
+    return (Path(path) / META).is_file()
+
+
+def load_embeddings(path: Path, generators: set[str] | None = None) -> tuple[EmbeddingSet, dict[str, Any]]:
+    """All shards of an embedding directory as one :class:`EmbeddingSet` (sorted by path).
+
+    Refuses an incomplete set: every shard's completion marker must be there,
+    and the row count must match the number of files the dataset had.
+    """
+    path = Path(path)
+    if not is_embedding_dir(path):
+        raise SystemExit(f"{path} is not an embedding directory (no {META}); make one with `python -m export embed DATASET {path}`")
+    meta = json.loads((path / META).read_text())
+    n = int(meta["shards"])
+    missing = [f"{i}/{n}" for i in range(n) if not (path / f"s{i}of{n}.done.json").is_file()]
+    if missing:
+        raise SystemExit(f"{path}: shard(s) {', '.join(missing)} not finished; run `python -m export embed ... --shard I/{n}` for them")
+    parts: dict[str, list[np.ndarray]] = {}
+    for f in sorted((path / "chunks").glob(f"s*of{n}-c*.npz")):
+        with np.load(f) as z:
+            for key in z.files:
+                parts.setdefault(key, []).append(z[key])
+    arrays = {k: np.concatenate(v) for k, v in parts.items()}
+    rows = len(arrays.get("labels", []))
+    if rows != meta["files_total"]:
+        raise SystemExit(f"{path}: {rows} embedded rows but the dataset had {meta['files_total']} files; the directory is incomplete or mixed")
+    order = np.argsort(arrays["paths"], kind="stable")
+    if generators is not None:
+        order = np.array([j for j in order if arrays["generators"][j] in generators], dtype=np.int64)
+        if len(order) == 0:
+            raise SystemExit(f"{path}: no rows for generators {sorted(generators)}; present: {sorted(set(arrays['generators'].tolist()))}")
+    native = arrays.get("native")
+    data = EmbeddingSet(
+        embeddings=arrays["embeddings"][order],
+        labels=arrays["labels"][order].astype(np.int64),
+        generators=[str(g) for g in arrays["generators"][order]],
+        paths=[str(p) for p in arrays["paths"][order]],
+        views=arrays["views"][order] if "views" in arrays else None,
+        native=None if native is None else native[order].astype(np.float32) / np.float32(255.0),
+    )
+    return data, meta
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shard takes I/N (e.g. 0/4), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise argparse.ArgumentTypeError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return i, n
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("dataset", type=Path, help="Dataset root in UniversalFakeDetect layout (<generator>/0_real|1_fake/...).")
+    p.add_argument("out", type=Path, help="Output directory (created; rerun to resume).")
+    p.add_argument("--arch", default="ViT-L-14", help="open_clip architecture (default ViT-L-14, 768-d; aigis-tiny for tests).")
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local checkpoint (default: random weights, deterministic from --seed).")
+    p.add_argument("--seed", type=int, default=0, help="Seed of random encoder weights when --pretrained is not given (must match the bundle's).")
+    p.add_argument("--batch-size", type=int, default=64, help="Images per encoder forward pass (default 64).")
+    p.add_argument("--chunk-size", type=int, default=512, help="Images per resumable output chunk (default 512).")
+    p.add_argument("--shard", type=parse_shard, default=(0, 1), help="Embed shard I of N (I/N, default 0/1): every N-th chunk starting at I.")
+    p.add_argument("--views", action="store_true", help="Also embed two random augmentations of every real image (the NTF head needs them).")
+    p.add_argument("--view-seed", type=int, default=0, help="Seed of the view augmentations (default 0).")
+    p.add_argument("--native-crop", type=int, default=None, metavar="S", help="Also store the S x S native-resolution centre crop (the freq head needs it).")
+    p.add_argument("--device", default="auto", help="torch device for the encoder (default: cuda if available, else cpu).")
+    p.add_argument("--workers", type=int, default=2, help="Decode/preprocess threads (default 2).")
+
+
+def options_from(args: argparse.Namespace) -> EmbedOptions:
+    return EmbedOptions(
+        arch=args.arch,
+        pretrained=args.pretrained,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        chunk_size=args.chunk_size,
+        views=args.views,
+        view_seed=args.view_seed,
+        native_crop=args.native_crop,
+        shard=args.shard,
+        device=args.device,
+        workers=args.workers,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    meta = embed_dataset(args.dataset, args.out, options_from(args), progress=True)
+    i, n = args.shard
+    print(f"embedded shard {i}/{n} of {meta['files_total']} files from {args.dataset} into {args.out} ({meta['arch']}, {meta['dim']}-d)")
+    return 0

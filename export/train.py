@@ -1,0 +1,267 @@
+"""``python -m export bundle OUT --data DATASET --method M [--method M2 ...]``: train, calibrate, export.
+
+1. Embeddings: ``--data`` is either an embedding directory (``python -m export
+   embed``) or an image dataset in UniversalFakeDetect layout, embedded on the
+   fly into a cache directory (resumable) with NTF's views and the freq head's
+   native crops when those methods are asked for. The embeddings' encoder
+   fingerprint must match the backbone being exported.
+2. Split: a seeded random 20% of every (generator, label) group is the
+   validation split (:func:`export.calibrate.stratified_split`).
+3. Fit every method on the training split (hyper-parameters: the paper's
+   defaults, then ``--profile``, then ``--set`` overrides; all recorded).
+4. Calibrate on the validation split: threshold for ``--target-fpr`` and the
+   uncertain band (:mod:`export.calibrate`). Several methods make an ensemble
+   whose probabilities the worker fuses in log-odds
+   (:func:`worker.bundle.fuse_log_odds`, the same function used here), and the
+   calibration is of the fused score.
+5. Export backbone + heads with parity checks and write the manifest: method,
+   hyper-parameters, data summary, fit summary, threshold, band, validation
+   metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from export import heads as head_registry
+from export.calibrate import calibrate, stratified_split
+from export.heads.base import EmbeddingSet, HeadMethod
+from export.metrics import average_precision, roc_auc
+from schemas import BundleManifest
+
+#: Named sets of hyper-parameter overrides. "paper" is the papers' own values.
+#: "small-data" is for datasets of a few hundred images (tests, the synthetic
+#: benchmark): the papers' learning rates and epoch counts were set for
+#: 720K-image training sets and barely move the weights in a few dozen steps.
+PROFILES: dict[str, dict[str, dict[str, Any]]] = {
+    "paper": {},
+    "small-data": {
+        "linear-probe": {"lr": 1e-2},
+        "gendet": {"lr_teacher": 1e-3, "lr_student": 1e-3, "lr_augmenter": 1e-3, "lr_classifier": 1e-3, "teacher_epochs": 20, "classifier_epochs": 20},
+        "gendet-dr": {
+            "lr_teacher": 1e-3,
+            "lr_student": 1e-3,
+            "lr_augmenter": 1e-3,
+            "lr_classifier": 1e-3,
+            "teacher_epochs": 20,
+            "classifier_epochs": 20,
+        },
+        "ntf": {"stage1_epochs": 50, "stage2_epochs": 20},
+        "freq": {"epochs": 15},
+    },
+}
+
+
+def parse_set(items: list[str] | None) -> dict[str, dict[str, Any]]:
+    """``--set gendet.margin=1.5`` -> {"gendet": {"margin": 1.5}} (values parsed as JSON when they parse)."""
+    import json
+
+    out: dict[str, dict[str, Any]] = {}
+    for item in items or []:
+        key, sep, raw = item.partition("=")
+        method, dot, field = key.partition(".")
+        if not sep or not dot or not field:
+            raise SystemExit(f"--set takes METHOD.FIELD=VALUE (e.g. gendet.margin=1.5), got {item!r}")
+        try:
+            value = json.loads(raw)
+        except ValueError:
+            value = raw
+        out.setdefault(method, {})[field] = value
+    return out
+
+
+def method_config(name: str, profile: str, overrides: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    if profile not in PROFILES:
+        raise SystemExit(f"unknown --profile {profile!r}; known: {', '.join(PROFILES)}")
+    return {**PROFILES[profile].get(name, {}), **overrides.get(name, {})}
+
+
+def make_method(name: str, profile: str, overrides: dict[str, dict[str, Any]], seed: int) -> HeadMethod:
+    cls = head_registry.get(name)
+    cfg = {"seed": seed, **method_config(name, profile, overrides)}
+    try:
+        return cls(**cfg)
+    except Exception as exc:  # pydantic's ValidationError names the bad field
+        raise SystemExit(f"bad hyper-parameters for {name}: {exc}") from None
+
+
+@dataclass
+class TrainingData:
+    data: EmbeddingSet
+    meta: dict[str, Any]
+    source: Path
+    embeddings_dir: Path
+
+
+def _cache_dir(root: Path, dataset: Path, arch: str, pretrained: str | None, seed: int, views: bool, native: int | None) -> Path:
+    key = hashlib.sha256(f"{dataset.resolve()}|{arch}|{pretrained}|{seed}|{views}|{native}".encode()).hexdigest()[:16]
+    return root / f"{dataset.name}-{arch}-{key}"
+
+
+def load_training_data(
+    data: Path,
+    *,
+    arch: str,
+    pretrained: str | None,
+    seed: int,
+    views: bool,
+    native_crop: int | None,
+    cache_root: Path,
+    embeddings_dir: Path | None,
+    progress: bool,
+) -> TrainingData:
+    """Embeddings for ``data`` (an embedding directory as is, or an image dataset embedded into the cache)."""
+    from export.embed import EmbedOptions, embed_dataset, is_embedding_dir, load_embeddings
+
+    if is_embedding_dir(data):
+        ds, meta = load_embeddings(data)
+        return TrainingData(ds, meta, data, data)
+    out = embeddings_dir or _cache_dir(cache_root, data, arch, pretrained, seed, views, native_crop)
+    opts = EmbedOptions(arch=arch, pretrained=pretrained, seed=seed, views=views, native_crop=native_crop)
+    embed_dataset(data, out, opts, progress=progress)
+    ds, meta = load_embeddings(out)
+    return TrainingData(ds, meta, data, out)
+
+
+def _counts(data: EmbeddingSet) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for g, y in zip(data.generators, data.labels.tolist(), strict=True):
+        row = out.setdefault(g, {"real": 0, "fake": 0})
+        row["fake" if y else "real"] += 1
+    return dict(sorted(out.items()))
+
+
+def train_bundle(
+    out: Path,
+    *,
+    data: Path,
+    methods: list[str],
+    arch: str | None,
+    pretrained: str | None,
+    seed: int = 0,
+    profile: str = "paper",
+    overrides: dict[str, dict[str, Any]] | None = None,
+    target_fpr: float = 0.01,
+    band_factor: float = 5.0,
+    val_fraction: float = 0.2,
+    include_generators: list[str] | None = None,
+    exclude_generators: list[str] | None = None,
+    cache_root: Path = Path(".aigis/embeddings"),
+    embeddings_dir: Path | None = None,
+    name: str = "aigis",
+    version: str = "0.1.0",
+    progress: bool = True,
+) -> BundleManifest:
+    from export.bundle import HeadSpec, write_bundle
+    from export.clip import DEFAULT_ARCH, load_encoder
+    from export.embed import encoder_fingerprint, is_embedding_dir
+    from worker.bundle import fuse_log_odds
+
+    overrides = overrides or {}
+    unknown = sorted(set(overrides) - set(head_registry.names()))
+    if unknown:
+        raise SystemExit(f"--set names unknown methods {unknown}; known: {', '.join(head_registry.names())}")
+    built = [make_method(m, profile, overrides, seed) for m in methods]
+    needs_views = any(m.name == "ntf" for m in built)
+    crops = [m.crop_size for m in built if "native_crop" in m.inputs and m.crop_size]
+    if len(set(crops)) > 1:
+        raise SystemExit(f"freq heads in one bundle must share a crop size (the worker feeds one native crop), got {sorted(set(crops))}")
+    native = crops[0] if crops else None
+
+    if is_embedding_dir(data):
+        import json
+
+        meta = json.loads((Path(data) / "meta.json").read_text())
+        arch = arch or meta["arch"]
+        if (arch, pretrained, seed) != (meta["arch"], meta["pretrained"], meta["seed"]):
+            raise SystemExit(
+                f"{data} was embedded with arch={meta['arch']} pretrained={meta['pretrained']} seed={meta['seed']}; "
+                f"this bundle asks for arch={arch} pretrained={pretrained} seed={seed}"
+            )
+    arch = arch or DEFAULT_ARCH
+    encoder, preprocess, dim = load_encoder(arch, pretrained, seed=seed)
+    td = load_training_data(
+        data,
+        arch=arch,
+        pretrained=pretrained,
+        seed=seed,
+        views=needs_views,
+        native_crop=native,
+        cache_root=cache_root,
+        embeddings_dir=embeddings_dir,
+        progress=progress,
+    )
+    if td.meta["encoder_sha256"] != encoder_fingerprint(encoder):
+        raise SystemExit(f"embeddings in {td.embeddings_dir} come from different encoder weights than {arch} ({pretrained or 'random, seed ' + str(seed)})")
+
+    ds = td.data
+    present = set(ds.generators)
+    keep = set(include_generators) if include_generators else set(present)
+    missing = sorted(keep - present) + sorted(set(exclude_generators or []) - present)
+    if missing:
+        raise SystemExit(f"generators {missing} are not in {data}; present: {sorted(present)}")
+    keep -= set(exclude_generators or [])
+    rows = [i for i, g in enumerate(ds.generators) if g in keep]
+    ds = ds.subset(rows)
+    tr_idx, va_idx = stratified_split(ds.generators, ds.labels, val_fraction, seed)
+    train, val = ds.subset(tr_idx), ds.subset(va_idx)
+    data_summary = {
+        "source": str(td.source),
+        "embeddings": str(td.embeddings_dir),
+        "generators": sorted(keep),
+        "excluded_generators": sorted(set(exclude_generators or [])),
+        "split": f"stratified by generator and label, validation fraction {val_fraction}, seed {seed}",
+        "train": _counts(train),
+        "validation": _counts(val),
+    }
+
+    specs: list[HeadSpec] = []
+    val_probs: list[np.ndarray] = []
+    per_head: dict[str, dict[str, Any]] = {}
+    names_used: dict[str, int] = {}
+    for method in built:
+        names_used[method.name] = names_used.get(method.name, 0) + 1
+        head_name = method.name if names_used[method.name] == 1 else f"{method.name}-{names_used[method.name]}"
+        if progress:
+            print(f"[bundle] fitting {head_name} on {len(train)} embeddings ({int((train.labels == 0).sum())} real, {int((train.labels == 1).sum())} fake)")
+        report = method.fit(train, val, progress=progress)
+        p = method.predict_proba(val)
+        val_probs.append(p)
+        per_head[head_name] = {"roc_auc": roc_auc(p, val.labels), "average_precision": average_precision(p, val.labels)}
+        training = {
+            "profile": profile,
+            "data": data_summary,
+            "fit": {"epochs": report.epochs, "final_loss": report.final_loss, "notes": report.notes, "history_tail": report.history[-5:]},
+            "validation": per_head[head_name],
+        }
+        specs.append(HeadSpec(head_name, method, training))
+
+    fused = val_probs[0] if len(val_probs) == 1 else fuse_log_odds(val_probs, [s.weight for s in specs])
+    cal, cal_notes = calibrate(fused, val.labels, target_fpr, band_factor)
+    metrics = {"validation": cal.validation, "validation_per_head": per_head, "data": data_summary}
+    notes = [*cal_notes]
+    if len(specs) > 1:
+        notes.append(f"ensemble of {len(specs)} heads fused as the weighted mean of log-odds; the calibration is of the fused score")
+    manifest = write_bundle(
+        out,
+        encoder=encoder,
+        preprocess=preprocess,
+        embed_dim=dim,
+        architecture=arch,
+        pretrained=pretrained,
+        heads=specs,
+        calibration=cal,
+        name=name,
+        version=version,
+        metrics=metrics,
+        notes=notes,
+    )
+    return manifest
+
+
+__all__ = ["PROFILES", "parse_set", "train_bundle"]
