@@ -279,7 +279,7 @@ class GenDet(HeadMethod):
         history = history + hist
         final = [h for h in hist if h["stage"] == "classifier"]
         loss = final[-1].get("val_loss", final[-1]["train_loss"]) if final else float("nan")
-        return FitReport(epochs=self.config.rotations, final_loss=loss.item(), history=history, notes=notes)
+        return FitReport(epochs=self.config.rotations, final_loss=float(loss), history=history, notes=notes)
 
     def inference_module(self) -> nn.Module:
         if self.graph is None:

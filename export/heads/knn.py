@@ -47,7 +47,7 @@ class KNNGraph(nn.Module):
         sim = q @ self.bank_t
         top, idx = torch.topk(sim, self.k, dim=1)
         weights = torch.softmax(top / self.tau, dim=1)
-        return (weights * self.labels[idx]).sum(dim=1)
+        return (weights * self.labels[idx]).sum(dim=1).clamp(0.0, 1.0)  # softmax sums can exceed 1 by an ulp
 
 
 def sample_bank(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
