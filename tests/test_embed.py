@@ -60,3 +60,18 @@ def test_shards_merge_to_the_unsharded_result_and_reruns_skip_done_chunks(datase
 
     with pytest.raises(SystemExit, match="other settings"):
         embed_dataset(dataset, split, EmbedOptions(arch=TINY, chunk_size=4, shard=(0, 2), views=True))
+
+
+def test_synth_and_embed_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from export.cli import main
+
+    assert (
+        main(["synth", str(tmp_path / "d"), "--seed", "2", "--image-size", "64", "--train-per-class", "1", "--test-per-class", "1", "--generator", "tconv"])
+        == 0
+    )
+    assert main(["embed", str(tmp_path / "d" / "train"), str(tmp_path / "e"), "--arch", TINY, "--shard", "0/1", "--native-crop", "32"]) == 0
+    data, _ = load_embeddings(tmp_path / "e")
+    assert len(data) == 2 and data.native is not None and data.native.shape == (2, 3, 32, 32)
+    assert (tmp_path / "e" / "s0of1.index.csv").read_text().splitlines()[0] == "path,label,generator,chunk"
+    with pytest.raises(SystemExit):
+        main(["embed", str(tmp_path / "d" / "train"), str(tmp_path / "e2"), "--shard", "3/2"])
