@@ -76,7 +76,12 @@ class WorkerConfig(BaseModel):
     max_image_bytes: int = _f(10 * 1024 * 1024, "Largest image accepted, in bytes (checked before decoding).", "input", ge=1024)
     max_image_pixels: int = _f(40_000_000, "Largest decoded image, in pixels; above this is a decompression bomb.", "input", ge=1)
     min_image_side: int = _f(8, "Smallest accepted width/height in pixels.", "input", ge=1)
-    fetch_allowed_hosts: str = _f("", "Comma-separated hosts http(s) URIs may point at; empty refuses all http(s) URIs.", "input")
+    fetch_allowed_hosts: str = _f(
+        "",
+        "Comma-separated hosts http(s) URIs may point at, compared as written in the URI: `host` allows the default port (80/443), "
+        "`host:port` that port only. Empty refuses all http(s) URIs.",
+        "input",
+    )
     fetch_file_root: Path | None = _f(None, "Directory file:// URIs must lie under; unset refuses file:// URIs.", "input")
     fetch_timeout_s: float = _f(5.0, "Timeout for fetching a URI image.", "input", gt=0)
     decode_timeout_s: float = _f(5.0, "Per-image limit on decode + preprocess; slower images are dead-lettered as decode_timeout (0 = none).", "input", ge=0)
