@@ -102,7 +102,11 @@ class _Rebalance(AsyncConsumerRebalanceListener):
                 log.warning("revoke_commit_failed", error=str(exc)[:300])
 
     async def on_partitions_assigned(self, assigned):  # type: ignore[no-untyped-def]
-        self.app.assign(set(assigned))
+        restart = self.app.assign(set(assigned))
+        for tp, offset in restart.items():
+            # Back to the first record dropped at the revoke; seek is local state, safe on the IO thread.
+            assert self.consumer is not None
+            self.consumer.seek(tp, offset)
 
     async def on_partitions_lost(self, lost):  # type: ignore[no-untyped-def]
         self.app.revoke(set(lost), lost=True)
@@ -136,6 +140,7 @@ class WorkerApp:
         self._abort = threading.Event()  # grace expired: give up on in-flight work
         self._fatal: BaseException | None = None
         self._member_stable = False
+        self._restart_at: dict[TopicPartition, int] = {}
         self._last_input = time.monotonic()
         self.producer = None
         self.stats = {"records": 0, "verdicts": 0, "dead_letters": 0, "batches": 0, "stale_dropped": 0}
@@ -173,15 +178,24 @@ class WorkerApp:
         self._stop.set()
 
     # -- rebalance (called on the consumer's IO thread) -----------------------------------
-    def assign(self, tps: set[TopicPartition]) -> None:
+    def assign(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
+        """Start fresh generations; returns where to re-fetch partitions that came straight back to us."""
         self.tracker.assign(tps)
+        restart = {tp: off for tp, off in self._restart_at.items() if tp in tps}
+        self._restart_at = {}
         self.metrics.rebalances.inc(1, "assigned")
-        log.info("partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in tps))
+        log.info(
+            "partitions_assigned", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in tps), rewound={str(tp.partition): o for tp, o in restart.items()}
+        )
+        return restart
 
     def revoke(self, tps: set[TopicPartition], lost: bool) -> dict:
         # The emit lock waits out a delivery in progress, so after this returns no record of these partitions is emitted.
         with self.emit_lock:
-            offsets, dropped = self.tracker.revoke(tps)
+            before = self.tracker.in_flight
+            offsets, restart = self.tracker.revoke(tps)
+            dropped = before - self.tracker.in_flight
+        self._restart_at = restart
         self.metrics.rebalances.inc(1, "lost" if lost else "revoked")
         log.info("partitions_revoked", partitions=sorted(f"{tp.topic}/{tp.partition}" for tp in tps), in_flight_dropped=dropped, lost=lost)
         return {} if lost else offsets
@@ -438,6 +452,15 @@ class WorkerApp:
                 now = time.monotonic()
                 if now - last_lag >= 1.0:
                     self._export_lag(consumer)
+                    log.debug(
+                        "loop_status",
+                        assigned=sorted(tp.partition for tp in consumer.assignment() or ()),
+                        paused=sorted(tp.partition for tp in consumer.paused()),
+                        tracked=sorted(tp.partition for tp in self.tracker.assigned()),
+                        in_flight=self.tracker.in_flight,
+                        lag=self.metrics.consumer_lag_sum.value(),
+                        inbox=self.inbox.qsize(),
+                    )
                     self.metrics.decode_abandoned.set(self.pool.abandoned)
                     last_lag = now
                 if drain_deadline is not None:

@@ -103,17 +103,25 @@ class OffsetTracker:
                 if p is not None:
                     p.committed = om.offset
 
-    def revoke(self, tps: set[TopicPartition]) -> tuple[dict[TopicPartition, OffsetAndMetadata], int]:
-        """Forget revoked partitions; returns what is still to commit for them and how many records were in flight."""
+    def revoke(self, tps: set[TopicPartition]) -> tuple[dict[TopicPartition, OffsetAndMetadata], dict[TopicPartition, int]]:
+        """Forget revoked partitions.
+
+        Returns what is still to commit for them, and for each partition that
+        had records in flight the offset of the first one: where fetching must
+        restart if the same partition comes straight back to this consumer
+        (kafka-python keeps the fetch position of a partition that stays
+        assigned across a rebalance, which would skip the dropped records).
+        """
         with self.lock:
             final = self.to_commit(tps)
-            dropped = 0
+            restart: dict[TopicPartition, int] = {}
             for tp in tps:
                 p = self._parts.pop(tp, None)
-                if p is not None:
-                    dropped += len(p.order)
-            self._in_flight = max(0, self._in_flight - dropped)
-            return final, dropped
+                if p is not None and p.order:
+                    restart[tp] = p.order[0]
+                    self._in_flight -= len(p.order)
+            self._in_flight = max(0, self._in_flight)
+            return final, restart
 
     def assigned(self) -> set[TopicPartition]:
         with self.lock:
