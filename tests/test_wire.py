@@ -173,3 +173,11 @@ def test_dead_letter_ids_prefer_the_event_and_fall_back_to_the_key() -> None:
     assert best_effort_ids(both) == ("ev-1", None)
     assert best_effort_ids(rec(b"{broken", key=b"record-key")) == ("record-key", None)
     assert best_effort_ids(rec(b"{broken", key=b"k", headers=(("tenant", b"t9"),))) == ("k", "t9")
+
+
+def test_over_long_tenant_header_is_refused_and_not_echoed() -> None:
+    """The tenant is copied into every outcome: unbounded, one record could make its verdict too large to produce."""
+    r = rec(PNG, headers=(("tenant", b"t" * 257),))
+    assert code_of(r) is ErrorCode.schema_invalid
+    assert best_effort_ids(r) == ("up-1", None)
+    assert parse_record(rec(PNG, headers=(("tenant", b"t" * 256),)), LIMIT).tenant == "t" * 256

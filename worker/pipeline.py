@@ -384,6 +384,9 @@ class BatchProcessor:
             err = it.error or InputError(ErrorCode.undecodable, "no image data")
             upload_id, tenant = (it.upload.upload_id, it.upload.tenant) if it.upload else best_effort_ids(rec)
             value = rec.value or b""
+            # The copy must fit the producer's request size, which is sized from max_image_bytes: a
+            # larger dead letter could never be produced, and delivery would retry it forever.
+            copy_limit = min(self.cfg.dead_letter_payload_max_bytes, self.cfg.max_image_bytes)
             dl = DeadLetter(
                 upload_id=upload_id,
                 tenant=tenant,
@@ -392,7 +395,7 @@ class BatchProcessor:
                 source=rec.source,
                 payload_size=len(value),
                 payload_sha256=hashlib.sha256(value).hexdigest(),
-                payload_base64=b64encode(value) if len(value) <= self.cfg.dead_letter_payload_max_bytes else None,
+                payload_base64=b64encode(value) if len(value) <= copy_limit else None,
             )
             log.info(
                 "dead_letter",

@@ -31,6 +31,9 @@ from worker.errors import InputError
 
 #: Longest upload id accepted (the schemas' ``UploadId`` bound).
 MAX_UPLOAD_ID_CHARS = 512
+#: Longest tenant accepted, from a header as from an event (``UploadEvent.tenant``'s bound). The tenant
+#: is echoed into every outcome; unbounded, a record could make a verdict too large to produce.
+MAX_TENANT_CHARS = 256
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -117,6 +120,8 @@ def best_effort_ids(rec: InputRecord) -> tuple[str | None, str | None]:
                 tenant = t if isinstance(t, str) else tenant
         except (ValueError, RecursionError):
             pass
+    if tenant is not None and len(tenant) > MAX_TENANT_CHARS:
+        tenant = None
     if upload_id is not None and len(upload_id) > MAX_UPLOAD_ID_CHARS:
         upload_id = None  # a truncated id could name a different upload
     return upload_id, tenant
@@ -136,9 +141,12 @@ def parse_record(rec: InputRecord, max_image_bytes: int) -> Upload:
         raise InputError(ErrorCode.missing_key, "raw image record without a key (the key must be the upload id)")
     if len(upload_id) > MAX_UPLOAD_ID_CHARS:
         raise InputError(ErrorCode.schema_invalid, f"upload id (record key) is {len(upload_id)} characters, limit {MAX_UPLOAD_ID_CHARS}")
+    tenant = rec.header("tenant")
+    if tenant is not None and len(tenant) > MAX_TENANT_CHARS:
+        raise InputError(ErrorCode.schema_invalid, f"tenant header is {len(tenant)} characters, limit {MAX_TENANT_CHARS}")
     if len(value) > max_image_bytes:
         raise InputError(ErrorCode.too_large, f"image is {len(value)} bytes, limit {max_image_bytes}")
-    return Upload(upload_id, rec.header("tenant"), rec.header("content-type"), value, None)
+    return Upload(upload_id, tenant, rec.header("content-type"), value, None)
 
 
 def _parse_json(rec: InputRecord, max_image_bytes: int) -> Upload:
