@@ -68,7 +68,7 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def metric(body: str, name: str, **labels: str) -> float | None:
+def metric(body: str, name: str, /, **labels: str) -> float | None:
     """Value of one series in a Prometheus text exposition (None when absent)."""
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     for line in body.splitlines():
