@@ -6,7 +6,7 @@ image uploaded twice (or replayed after a crash) is scored once. Reads and
 writes are one round trip per batch (MGET, pipelined SET EX).
 
 Redis is an optimisation, never a dependency: every call has a socket timeout
-and no client-side retries, and a :class:`~worker.circuit.CircuitBreaker`
+(retried once only for a broken pooled connection, never for a timeout), and a :class:`~worker.circuit.CircuitBreaker`
 stops calling a Redis that keeps failing; while it is open reads are misses and
 writes are skipped, and a probe every ``reset_after_s`` brings the cache back
 by itself. Inference goes on without it, so no verdict is lost or held.
@@ -81,7 +81,13 @@ class VerdictCache:
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.client = client or redis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, retry_on_timeout=False, retry=Retry(NoBackoff(), 0)
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            retry_on_timeout=False,
+            # One immediate retry on a broken connection (a pooled socket from before a Redis restart),
+            # none on timeouts: a slow Redis costs one socket timeout per call, never several.
+            retry=Retry(NoBackoff(), 1, supported_errors=(redis.ConnectionError,)),
         )
         self.breaker = breaker or CircuitBreaker(on_change=self._log_state)
         self._on_error = on_error
