@@ -83,7 +83,7 @@ class WorkerConfig(BaseModel):
         "input",
     )
     fetch_file_root: Path | None = _f(None, "Directory file:// URIs must lie under; unset refuses file:// URIs.", "input")
-    fetch_timeout_s: float = _f(5.0, "Timeout for fetching a URI image.", "input", gt=0)
+    fetch_timeout_s: float = _f(5.0, "Deadline for fetching a URI image: DNS, connect, redirects and body together.", "input", gt=0)
     decode_timeout_s: float = _f(5.0, "Per-image limit on decode + preprocess; slower images are dead-lettered as decode_timeout (0 = none).", "input", ge=0)
     dead_letter_payload_max_bytes: int = _f(
         1024 * 1024, "Original payloads up to this size are copied into the dead letter (base64) for replay.", "input", ge=0
