@@ -5,13 +5,15 @@ Pure unit tests (no broker): the files are made in code by tests/hostile_corpus.
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from PIL import GifImagePlugin, Image, TiffImagePlugin
 
 from schemas import ErrorCode
 from tests import hostile_corpus as corpus
-from worker.decode import ACCEPTED_RESULT_FORMATS, ALLOWED_FORMATS, DecodedImage, DecodeLimits, decode_image
+from worker.decode import ACCEPTED_RESULT_FORMATS, ALLOWED_FORMATS, DecodedImage, DecodeLimits, decode_image, webp_canvas_size
 from worker.errors import InputError
 
 LIMITS = DecodeLimits()
@@ -126,9 +128,28 @@ def test_pixel_limit_is_configurable_beyond_pillows_default_threshold() -> None:
 
 
 def test_image_exactly_at_the_pixel_limit_is_accepted() -> None:
-    img = corpus.noise_image(31, 31)  # 961 pixels, odd on purpose (Pillow's guard is set to half, rounded up)
+    img = corpus.noise_image(31, 31)  # 961 pixels
     assert _ok(corpus.save(img, "PNG"), DecodeLimits(max_pixels=961)).image.size == (31, 31)
     assert _code(corpus.save(img, "PNG"), DecodeLimits(max_pixels=960)) is ErrorCode.decompression_bomb
+
+
+def test_pillows_process_wide_guard_is_never_lowered() -> None:
+    """Lowering it would make every other Pillow caller in the process refuse images our worker never sees."""
+    before = Image.MAX_IMAGE_PIXELS
+    _ok(corpus.save(corpus.noise_image(31, 31), "PNG"), DecodeLimits(max_pixels=961))
+    assert before == Image.MAX_IMAGE_PIXELS
+    Image.open(io.BytesIO(corpus.save(Image.new("L", (100, 100)), "PNG"))).load()  # 10000 px, far over 961
+
+
+def test_webp_canvas_is_checked_before_pillow_allocates_it() -> None:
+    """libwebp allocates the canvas inside Image.open; the size comes from the first 30 bytes instead."""
+    assert webp_canvas_size(corpus.webp_canvas_bomb(13000, 13000)) == (13000, 13000)
+    for name in ("WEBP", "WEBP-lossless"):
+        assert webp_canvas_size(corpus.accepted_files()[name]) == (64, 48)
+    assert webp_canvas_size(corpus.accepted_files()["PNG"]) is None
+    with pytest.raises(InputError) as info:
+        decode_image(corpus.webp_canvas_bomb(13000, 13000), LIMITS)
+    assert info.value.code is ErrorCode.decompression_bomb and "WebP canvas" in info.value.message
 
 
 def test_jpeg_scan_bomb_is_refused_before_decoding() -> None:
@@ -240,7 +261,7 @@ def test_pillow_warnings_stay_out_of_the_worker_log_stream(tmp_path) -> None:  #
     """A worker's stderr is JSON lines; Pillow's warnings about hostile files must not interleave raw text there.
 
     Run in a fresh interpreter (pytest installs its own warning filters per test), decoding a file with
-    a corrupt EXIF block and one over half the pixel limit (Pillow's DecompressionBombWarning).
+    a corrupt EXIF block and one over Pillow's warning threshold (lowered there so a small file crosses it).
     """
     import subprocess
     import sys
@@ -250,10 +271,12 @@ def test_pillow_warnings_stay_out_of_the_worker_log_stream(tmp_path) -> None:  #
     (tmp_path / "big.png").write_bytes(corpus.save(Image.new("L", (100, 100)), "PNG"))
     code = (
         "import sys, pathlib\n"
+        "from PIL import Image\n"
         "from worker.decode import decode_image, DecodeLimits\n"
+        "Image.MAX_IMAGE_PIXELS = 5000\n"
         "d = pathlib.Path(sys.argv[1])\n"
-        "decode_image((d / 'exif.jpg').read_bytes(), DecodeLimits())\n"
         "decode_image((d / 'big.png').read_bytes(), DecodeLimits(max_pixels=15000))\n"
+        "decode_image((d / 'exif.jpg').read_bytes(), DecodeLimits())\n"
         "print('decoded')\n"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True, timeout=60)

@@ -10,13 +10,15 @@ decoded (decompression bombs); the work a decoder may do per pixel is bounded
 Why each bound exists (each one was a real way to stall or blow up a worker,
 see ``tests/test_decode.py``):
 
-* **Pixels, from the header.** A 45-byte PNG can declare 50000x50000. Pillow's
+* **Pixels, from the header.** A 45-byte PNG can declare 50000x50000. Our check
+  runs right after the header is parsed, before any pixel is decoded. Pillow's
   own guard (``Image.MAX_IMAGE_PIXELS``) is a process-wide setting that raises
-  only above *twice* its value (179 MP by default), and some plugins act on it
-  while opening, before our check can run: WebP allocates its canvas inside
-  ``Image.open``. So the global is aligned with the configured limit (see
-  :func:`_align_pillow_pixel_limit`) and our own check runs right after the
-  header is parsed.
+  only above *twice* its value (179 MP by default): a configured limit above
+  that was silently capped, so the guard is raised to match (never lowered:
+  that would change Pillow for every other caller in the process, see
+  :func:`_raise_pillow_pixel_guard`). WebP allocates its canvas inside
+  ``Image.open``, before our check could run, so its canvas size is read from
+  the first 30 bytes and checked before Pillow sees the file.
 * **JPEG scans.** Progressive JPEG lets a file repeat scans; each scan walks
   every coefficient block of the image, and a scan of an all-flat image costs a
   few dozen bytes. A 200 KB, 36 MP file with 1000 extra scans took 21 s to
@@ -119,20 +121,38 @@ class DecodedImage:
     animated: bool
 
 
-def _align_pillow_pixel_limit(max_pixels: int) -> None:
-    """Make Pillow's process-wide bomb guard raise exactly above our limit.
+def _raise_pillow_pixel_guard(max_pixels: int) -> None:
+    """Let Pillow open images up to our limit when it is above Pillow's own error threshold.
 
-    Pillow raises ``DecompressionBombError`` above ``2 * MAX_IMAGE_PIXELS`` and
-    some plugins check it while opening (WebP before allocating its canvas, GIF
-    for frames larger than the screen, TIFF for tiles). Without this, a
-    configured limit above 179 MP would be silently capped by Pillow's default,
-    and a limit below it would leave WebP allocating up to 179 MP of canvas
-    before our own check runs. Idempotent, so concurrent decode threads with
-    the same limit may all call it.
+    Pillow raises ``DecompressionBombError`` above ``2 * MAX_IMAGE_PIXELS`` (179 MP by
+    default), so without this a configured limit of, say, 200 MP would be capped at
+    179 MP by Pillow. Only ever raised: lowering a process-wide setting would change
+    what every other Pillow caller in the process may open (the export side, tests).
+    Idempotent, so concurrent decode threads may all call it.
     """
-    wanted = (max_pixels + 1) // 2
-    if wanted != Image.MAX_IMAGE_PIXELS:
-        Image.MAX_IMAGE_PIXELS = wanted
+    current = Image.MAX_IMAGE_PIXELS
+    if current is not None and max_pixels > 2 * current:
+        Image.MAX_IMAGE_PIXELS = (max_pixels + 1) // 2
+
+
+def webp_canvas_size(data: bytes) -> tuple[int, int] | None:
+    """Canvas size from a WebP header (VP8, VP8L or VP8X), without decoding; None if not WebP.
+
+    Mirrors Pillow's private ``WebPImagePlugin._get_size``: libwebp's animation
+    decoder allocates the whole canvas when Pillow opens the file, so the size must
+    be checked before ``Image.open``.
+    """
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8 " and data[23:26] == b"\x9d\x01\x2a":
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8X":
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8L" and data[20] == 0x2F:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    return None
 
 
 def _identify_unsupported(data: bytes) -> str | None:
@@ -212,7 +232,11 @@ def decode_image(data: bytes, limits: DecodeLimits, draft_short_side: int | None
         raise InputError(ErrorCode.undecodable, "empty image payload")
     if len(data) > limits.max_bytes:
         raise InputError(ErrorCode.too_large, f"image is {len(data)} bytes, limit {limits.max_bytes}")
-    _align_pillow_pixel_limit(limits.max_pixels)
+    _raise_pillow_pixel_guard(limits.max_pixels)
+    canvas = webp_canvas_size(data)
+    if canvas is not None and canvas[0] * canvas[1] > limits.max_pixels:
+        w, h = canvas
+        raise InputError(ErrorCode.decompression_bomb, f"WebP canvas {w}x{h} = {w * h} pixels exceeds the limit of {limits.max_pixels}")
     try:
         img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     except Image.DecompressionBombError as exc:
