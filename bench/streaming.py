@@ -1,0 +1,521 @@
+"""Benchmarks 3-6: the worker end to end through the real broker (Tansu) and redis-server.
+
+3 ``streaming``: worker throughput on unique images with the cache off, vs the
+  same bundle scoring the same files offline (``worker.score.score_files``, the
+  code behind ``python -m worker score``). Target: streaming >= 0.9 x offline.
+4 ``baseline``: the consumer a user would write (kafka-python, one message at a
+  time, open_clip in PyTorch eager; :mod:`bench.naive_consumer`) vs the aigis
+  worker on the same weights and images. Target: aigis >= 3x.
+5 ``cache``: an all-duplicate stream of ~50 KB JPEGs (every verdict a Redis
+  hit) vs a bare kafka-python loop (consume, sha256, produce, commit;
+  :mod:`bench.bare_loop`) measured in the same run as the ceiling, and a
+  sampling profile (py-spy, every thread) of the worker on that stream.
+  Targets: >= 2,000 verdicts/s and >= half the bare loop.
+6 ``latency``: p50/p99 from produce to verdict at a fixed offered load (50 %
+  and 90 % of the capacity measured in the same run) for two ``--max-wait-ms``.
+
+Every run gets fresh topics; the broker and Redis are started by
+:func:`worker.devservers.dev_servers` (``AIGIS_TEST_KAFKA`` / ``AIGIS_TEST_REDIS``
+point at existing ones). Rates come from output record timestamps
+(:func:`bench.stream.steady_rate`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+from bench.artifacts import CACHE, ensure_bundle, ensure_variant, jpeg_near_size, unique_jpegs, with_comment
+from bench.options import Options
+from bench.results import BenchResult
+from bench.stats import summarize
+from bench.stream import (
+    ROOT,
+    Collector,
+    Profiler,
+    Topics,
+    WorkerProc,
+    available_py_spy,
+    create_topics,
+    latency_stats,
+    producer,
+    publish,
+    steady_rate,
+    worker_env,
+)
+from worker.devservers import dev_servers
+
+PROFILES = CACHE / "profiles"
+
+
+def _stream_reps(opts: Options) -> int:
+    return 1 if opts.quick else max(1, min(3, opts.reps))
+
+
+def _arch_seed(arch: str) -> int:
+    return sum(arch.encode())
+
+
+def _env(r: BenchResult, opts: Options, bootstrap: str, topics: Topics, bundle: Path, redis_url: str = "", **settings: Any) -> dict[str, str]:
+    env, dropped = worker_env(bootstrap, topics, bundle, redis_url, opts.worker_log_level, **{**settings, **opts.worker_env})
+    for var in dropped:
+        msg = f"the installed worker has no setting {var}; it was not passed"
+        if msg not in r.notes:
+            r.note(msg)
+    r.config.setdefault("worker_settings", {k: v for k, v in env.items() if k.startswith("AIGIS_") and k not in ("AIGIS_BOOTSTRAP_SERVERS",)})
+    return env
+
+
+def run_worker_once(
+    r: BenchResult, opts: Options, bootstrap: str, topics: Topics, bundle: Path, keys: set[str], log: Path, timeout_s: float, **settings: Any
+) -> dict[str, Any]:
+    """Start a worker on already-published records, wait for every outcome, stop it; rates from output timestamps."""
+    env = _env(r, opts, bootstrap, topics, bundle, **settings)
+    worker = WorkerProc.start(env, log)
+    collector = Collector(bootstrap, [topics.verdicts, topics.dead], keep_values=True)
+    try:
+        collector.wait_for(keys, timeout_s, worker)
+    finally:
+        worker.stop()
+        collector.close()
+    outs = [collector.seen[k] for k in keys]
+    dead = [o for o in outs if o.topic == topics.dead]
+    if dead:
+        codes = Counter(json.loads(o.value).get("error_code") for o in dead)
+        r.note(f"{len(dead)} dead letters in a benchmark run ({dict(codes)}): the rate counts them as outcomes")
+    rate = steady_rate([o.timestamp_ms for o in outs])
+    rate["duplicates"] = float(collector.duplicates)
+    rate["_values"] = {o.key: o.value for o in outs if o.topic == topics.verdicts}  # type: ignore[assignment]
+    return rate
+
+
+# -- 3: streaming vs offline -------------------------------------------------------------------
+
+
+def run_streaming(opts: Options) -> BenchResult:
+    r = BenchResult("streaming", "Streaming overhead: the worker through the real broker vs the same bundle offline", opts.quick)
+    reps = _stream_reps(opts)
+    r.config.update(archs=opts.stream_archs, images=opts.stream_images, reps=reps, cache="off (AIGIS_REDIS_URL empty)", partitions=2)
+    with dev_servers() as servers, tempfile.TemporaryDirectory(prefix="aigis-bench-") as tmp:
+        for arch in opts.stream_archs:
+            bundle = ensure_bundle(arch)
+            n = opts.stream_images[arch]
+            images = unique_jpegs(n, seed=_arch_seed(arch))
+            folder = Path(tmp) / arch
+            folder.mkdir()
+            for i, data in enumerate(images):
+                (folder / f"img-{i:05d}.jpg").write_bytes(data)
+            r.config.setdefault("image_kb_mean", {})[arch] = round(statistics.mean(len(d) for d in images) / 1024, 1)
+
+            print(f"  {arch}: offline scoring of {n} images ...", flush=True)
+            cmd = [sys.executable, "-m", "bench.offline", str(folder), "--bundle", str(bundle), "--reps", str(max(reps, 2))]
+            done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=3600)
+            if done.returncode != 0:
+                raise RuntimeError(f"offline scorer failed:\n{done.stderr[-3000:]}")
+            offline = json.loads(done.stdout.strip().splitlines()[-1])
+            off_rates = [offline["images"] / s for s in offline["seconds"]]
+
+            stream_rates, middle = [], []
+            for rep in range(reps):
+                topics = Topics.fresh(servers.bootstrap_servers)
+                keys = [f"{arch}-{rep}-{i}" for i in range(n)]
+                publish(servers.bootstrap_servers, topics.uploads, [(k.encode(), v) for k, v in zip(keys, images, strict=True)])
+                print(f"  {arch}: streaming run {rep + 1}/{reps} ...", flush=True)
+                res = run_worker_once(r, opts, servers.bootstrap_servers, topics, bundle, set(keys), Path(tmp) / f"worker-{arch}-{rep}.log", 120 + n * 2.0)
+                stream_rates.append(res["rate"])
+                middle.append(res["middle80_rate"])
+            off = summarize(off_rates)
+            st = summarize(stream_rates)
+            ratio = st["median"] / off["median"]
+            r.add(arch=arch, mode="offline (worker.score.score_files)", images=n, images_per_s=off, ratio_to_offline=1.0)
+            r.add(arch=arch, mode="streaming (python -m worker)", images=n, images_per_s=st, middle80_rate=summarize(middle)["median"], ratio_to_offline=ratio)
+            print(f"  {arch}: offline {off['median']:.1f} img/s, streaming {st['median']:.1f} img/s, ratio {ratio:.2f}", flush=True)
+            r.target(f"streaming / offline ({arch})", ">= 0.9", ratio, 0.9)
+    return r.finish()
+
+
+# -- 4: the naive consumer a user would write ----------------------------------------------------
+
+
+def run_naive_once(bootstrap: str, topics: Topics, arch: str, bundle: Path, keys: set[str], log: Path, timeout_s: float) -> dict[str, Any]:
+    from worker.bundle import read_manifest
+
+    manifest, _ = read_manifest(bundle)
+    out_topic = f"{topics.verdicts}-naive-{uuid.uuid4().hex[:6]}"
+    create_topics(bootstrap, [out_topic], 1)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.naive_consumer",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        topics.uploads,
+        "--out-topic",
+        out_topic,
+        "--group",
+        f"{topics.group}-naive-{uuid.uuid4().hex[:6]}",
+        "--arch",
+        arch,
+        "--head",
+        str(bundle / manifest.heads[0].file),
+        "--count",
+        str(len(keys)),
+    ]
+    proc = WorkerProc(subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True), log)
+    collector = Collector(bootstrap, [out_topic])
+    try:
+        collector.wait_for(keys, timeout_s, proc, what="naive consumer")
+    finally:
+        proc.stop()
+        collector.close()
+    outs = [collector.seen[k] for k in keys]
+    res = steady_rate([o.timestamp_ms for o in outs])
+    res["_values"] = {o.key: o.value for o in outs}  # type: ignore[assignment]
+    return res
+
+
+def run_baseline(opts: Options) -> BenchResult:
+    r = BenchResult("baseline", "Baseline a user would write: kafka-python + open_clip (PyTorch, one message at a time) vs the aigis worker", opts.quick)
+    reps = _stream_reps(opts)
+    r.config.update(archs=opts.stream_archs, images=opts.stream_images, reps=reps, cache="off on both sides (unique images)")
+    with dev_servers() as servers, tempfile.TemporaryDirectory(prefix="aigis-bench-") as tmp:
+        for arch in opts.stream_archs:
+            bundle = ensure_bundle(arch)
+            int8 = ensure_variant(arch, "int8")
+            n = opts.stream_images[arch]
+            images = unique_jpegs(n, seed=_arch_seed(arch) + 1)
+            rates: dict[str, list[float]] = {"naive": [], "aigis-fp32": [], "aigis-int8": []}
+            agreement: list[float] = []
+            for rep in range(reps):
+                topics = Topics.fresh(servers.bootstrap_servers)
+                keys = [f"{arch}-{rep}-{i}" for i in range(n)]
+                publish(servers.bootstrap_servers, topics.uploads, [(k.encode(), v) for k, v in zip(keys, images, strict=True)])
+                timeout = 120 + n * 3.0
+                print(f"  {arch} rep {rep + 1}/{reps}: naive consumer ...", flush=True)
+                naive = run_naive_once(servers.bootstrap_servers, topics, arch, bundle, set(keys), Path(tmp) / f"naive-{arch}-{rep}.log", timeout)
+                rates["naive"].append(naive["rate"])
+                for label, path in (("aigis-fp32", bundle), ("aigis-int8", int8)):
+                    print(f"  {arch} rep {rep + 1}/{reps}: {label} worker ...", flush=True)
+                    t = Topics(topics.uploads, f"{topics.verdicts}-{label}", f"{topics.dead}-{label}", f"{topics.group}-{label}")
+                    create_topics(servers.bootstrap_servers, [t.verdicts, t.dead], 2)
+                    res = run_worker_once(r, opts, servers.bootstrap_servers, t, path, set(keys), Path(tmp) / f"{label}-{arch}-{rep}.log", timeout)
+                    rates[label].append(res["rate"])
+                    if label == "aigis-fp32":
+                        a = {k: json.loads(v)["score"] for k, v in res["_values"].items()}
+                        b = {k: json.loads(v)["score"] for k, v in naive["_values"].items()}
+                        agreement.append(max(abs(a[k] - b[k]) for k in a.keys() & b.keys()))
+            naive_med = summarize(rates["naive"])["median"]
+            for label, xs in rates.items():
+                s = summarize(xs)
+                r.add(arch=arch, consumer=label, images=n, images_per_s=s, speedup_vs_naive=s["median"] / naive_med)
+                print(f"  {arch}: {label:<11} {s['median']:8.1f} img/s  ({s['median'] / naive_med:.2f}x naive)", flush=True)
+            r.config.setdefault("max_score_diff_naive_vs_aigis_fp32", {})[arch] = max(agreement)
+            fp32 = summarize(rates["aigis-fp32"])["median"] / naive_med
+            r.target(f"aigis fp32 / naive ({arch})", ">= 3x", fp32, 3.0, "x")
+    r.note(
+        "score agreement (max |aigis - naive| per image) is not zero because aigis decodes JPEGs in draft mode (DCT-domain downscale) "
+        "when the bundle allows it; open_clip decodes every pixel"
+    )
+    return r.finish()
+
+
+# -- 5: cache path --------------------------------------------------------------------------------
+
+
+def _bare_once(bootstrap: str, uploads: str, count: int, max_records: int, log: Path, timeout_s: float) -> dict[str, Any]:
+    tag = uuid.uuid4().hex[:6]
+    out_topic = f"bench-bare-out-{tag}"
+    create_topics(bootstrap, [out_topic], 1)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.bare_loop",
+        "--bootstrap",
+        bootstrap,
+        "--topic",
+        uploads,
+        "--out-topic",
+        out_topic,
+        "--group",
+        f"bench-bare-{tag}",
+        "--count",
+        str(count),
+        "--max-records",
+        str(max_records),
+    ]
+    proc = WorkerProc(subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True), log)
+    collector = Collector(bootstrap, [out_topic], keep_values=False)
+    try:
+        collector.wait_for({f"dup-{i}" for i in range(count)}, timeout_s, proc, what="bare loop")
+    finally:
+        proc.stop()
+        collector.close()
+    return steady_rate([o.timestamp_ms for o in collector.seen.values()])
+
+
+def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
+    """py-spy raw (collapsed) stacks -> share of samples per thread, per library and per leaf function."""
+    threads: Counter[str] = Counter()
+    libs: Counter[str] = Counter()
+    leaves: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        count = int(count_s)
+        frames = stack.split(";")
+        head = frames[0]
+        thread = head.split(": ", 1)[1] if ": " in head else head
+        thread = thread.split(" (")[0].rstrip("0123456789_-") or thread
+        threads[thread] += count
+        total += count
+        calls = frames[1:]
+        if not calls:
+            continue
+        leaf = calls[-1]
+        func, _, where = leaf.partition(" (")
+        path = where.rsplit(":", 1)[0]
+        leaves[f"{func} ({_short(path)})"] += count
+        libs[_library(path)] += count
+        for name in {f"{c.partition(' (')[0]} ({_short(c.partition(' (')[2].rsplit(':', 1)[0])})" for c in calls}:
+            inclusive[name] += count
+    share = (lambda c: [{"name": k, "share": v / total} for k, v in c.most_common(top)]) if total else (lambda c: [])
+    return {"samples": total, "threads": share(threads), "libraries": share(libs), "self": share(leaves), "inclusive": share(inclusive)}
+
+
+def _short(path: str) -> str:
+    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
+        if marker in path:
+            return path.split(marker, 1)[1]
+    return Path(path).name
+
+
+def _library(path: str) -> str:
+    short = _short(path)
+    if "site-packages/" in path:
+        return short.split("/", 1)[0]
+    if short.startswith(("worker/", "schemas/", "bench/")):
+        return short.rsplit(".", 1)[0].replace("/", ".")
+    return "stdlib:" + short.split("/", 1)[0].removesuffix(".py")
+
+
+def run_cache(opts: Options) -> BenchResult:
+    r = BenchResult("cache", "Cache path: all-duplicate stream of ~50 KB JPEGs, worker vs a bare kafka-python loop", opts.quick)
+    n = opts.cache_messages
+    reps = _stream_reps(opts)
+    distinct = [jpeg_near_size(50_000, seed=i) for i in range(8)]
+    r.config.update(messages=n, distinct_images=len(distinct), image_kb=[round(len(d) / 1024, 1) for d in distinct], reps=reps, partitions=2)
+    bundle = ensure_bundle("aigis-tiny")
+    with dev_servers() as servers, tempfile.TemporaryDirectory(prefix="aigis-bench-") as tmp:
+        boot = servers.bootstrap_servers
+        uploads = Topics.fresh(boot).uploads
+        keys = [f"dup-{i}" for i in range(n)]
+        print(f"  publishing {n} duplicate uploads ...", flush=True)
+        publish(boot, uploads, [(k.encode(), distinct[i % len(distinct)]) for i, k in enumerate(keys)])
+
+        def worker_run(label: str, log_level: str, profile: Path | None = None) -> dict[str, Any]:
+            t = Topics(uploads, f"bench-v-{label}-{uuid.uuid4().hex[:6]}", f"bench-d-{label}-{uuid.uuid4().hex[:6]}", f"bench-g-{uuid.uuid4().hex[:6]}")
+            create_topics(boot, [t.verdicts, t.dead], 2)
+            env = _env(r, opts, boot, t, bundle, servers.redis_url)
+            env["AIGIS_LOG_LEVEL"] = log_level
+            worker = WorkerProc.start(env, Path(tmp) / f"{label}.log")
+            collector = Collector(boot, [t.verdicts, t.dead], keep_values=False)
+            spy = None
+            try:
+                if profile is not None:
+                    collector.wait_for(set(keys[: max(1, n // 10)]), 120, worker)  # warm: bundle loaded, group joined, cache primed
+                    spy = Profiler(worker.proc.pid, profile)
+                collector.wait_for(set(keys), 120 + n / 100, worker)
+            finally:
+                if spy is not None:
+                    err = spy.stop()
+                    if not profile.is_file():  # type: ignore[union-attr]
+                        r.note(f"py-spy wrote no profile: {err.strip()}")
+                worker.stop()
+                collector.close()
+            misses = sum(1 for o in collector.seen.values() if o.topic != t.verdicts)
+            res = steady_rate([o.timestamp_ms for o in collector.seen.values()])
+            res["dead_letters"] = float(misses)
+            return res
+
+        rows: dict[str, list[float]] = {"aigis worker (log warning)": [], "bare loop, 32/poll": []}
+        for rep in range(reps):
+            print(f"  rep {rep + 1}/{reps}: worker ...", flush=True)
+            rows["aigis worker (log warning)"].append(worker_run(f"w{rep}", "warning")["rate"])
+            print(f"  rep {rep + 1}/{reps}: bare loop ...", flush=True)
+            rows["bare loop, 32/poll"].append(_bare_once(boot, uploads, n, 32, Path(tmp) / f"bare{rep}.log", 120 + n / 100)["rate"])
+        print("  worker at log level info (one line per verdict) ...", flush=True)
+        rows["aigis worker (log info)"] = [worker_run("info", "info")["rate"]]
+        print("  bare loop, 500 records per poll ...", flush=True)
+        rows["bare loop, 500/poll"] = [_bare_once(boot, uploads, n, 500, Path(tmp) / "bare500.log", 120 + n / 100)["rate"]]
+
+        if available_py_spy():
+            PROFILES.mkdir(parents=True, exist_ok=True)
+            raw = PROFILES / "cache-worker.txt"
+            raw.unlink(missing_ok=True)
+            print("  worker under py-spy (profile) ...", flush=True)
+            prof = worker_run("prof", "warning", raw)
+            if raw.is_file():
+                r.config["profile"] = {"rate_under_profiler": prof["rate"], "raw": os.path.relpath(raw, ROOT), **summarize_profile(raw)}
+        else:
+            r.note("py-spy not installed: no profile (pip install -e '.[export]' installs it)")
+
+    bare = summarize(rows["bare loop, 32/poll"])["median"]
+    for label, xs in rows.items():
+        s = summarize(xs)
+        r.add(consumer=label, messages=n, verdicts_per_s=s, fraction_of_bare_loop=s["median"] / bare)
+        print(f"  {label:<28} {s['median']:8.0f}/s  ({s['median'] / bare:.2f} of bare loop)", flush=True)
+    w = summarize(rows["aigis worker (log warning)"])["median"]
+    r.target("cache-hit verdicts/s per worker", ">= 2000/s", w, 2000.0, "/s")
+    r.target("worker / bare loop", ">= 0.5", w / bare, 0.5)
+    return r.finish()
+
+
+# -- 6: latency at fixed offered load ----------------------------------------------------------------
+
+
+def _offered_load(bootstrap: str, topic: str, pool: list[bytes], tag: str, rate: float, seconds: float) -> dict[str, float]:
+    """Open-loop producer: message i leaves at t0 + i / rate whatever the worker does; returns key -> send time."""
+    count = max(10, int(rate * seconds))
+    prod = producer(bootstrap, linger_ms=0)
+    sent: dict[str, float] = {}
+    t0 = time.time() + 0.2
+    for i in range(count):
+        due = t0 + i / rate
+        delay = due - time.time()
+        if delay > 0:
+            time.sleep(delay)
+        key = f"{tag}-{i}"
+        sent[key] = time.time()
+        prod.send(topic, key=key.encode(), value=with_comment(pool[i % len(pool)], key))
+    prod.flush()
+    prod.close()
+    return sent
+
+
+def _latency_point(
+    boot: str, collector: Collector, worker: WorkerProc, uploads: str, pool: list[bytes], tag: str, rate: float, seconds: float
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Offer ``rate`` uploads/s for ``seconds``; latency stats and the verdict rate achieved."""
+    sent = _offered_load(boot, uploads, pool, tag, rate, seconds)
+    collector.wait_for(set(sent), seconds * 8 + 120, worker)
+    lat = [collector.seen[k].timestamp_ms - sent[k] * 1000 for k in sent]
+    return latency_stats(lat), steady_rate([collector.seen[k].timestamp_ms for k in sent])
+
+
+def broker_floor(boot: str, fetch_max_wait_ms: int, rate: float, seconds: float, pool: list[bytes]) -> dict[str, float]:
+    """Latency of a bare kafka-python consumer (no work at all) at ``rate``: the floor the broker and client set.
+
+    Measured because the consumer's fetch wait dominates low-load latency on
+    some brokers (Tansu answers a waiting fetch late when new records arrive),
+    and the worker inherits kafka-python's default ``fetch_max_wait_ms``.
+    """
+    from kafka import KafkaConsumer
+
+    t = Topics.fresh(boot)
+    consumer = KafkaConsumer(
+        t.uploads,
+        bootstrap_servers=boot.split(","),
+        group_id=t.group,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        fetch_max_wait_ms=fetch_max_wait_ms,
+        max_partition_fetch_bytes=16 * 1024 * 1024,
+        session_timeout_ms=2000,
+        heartbeat_interval_ms=500,
+    )
+    deadline = time.monotonic() + 30
+    while not consumer.assignment() and time.monotonic() < deadline:
+        consumer.poll(timeout_ms=200)
+    sent: dict[str, float] = {}
+    got: dict[str, float] = {}
+    sender = threading.Thread(target=lambda: sent.update(_offered_load(boot, t.uploads, pool, "floor", rate, seconds)), daemon=True)
+    sender.start()
+    end = time.monotonic() + seconds + 10
+    while time.monotonic() < end and (sender.is_alive() or len(got) < len(sent)):
+        for records in consumer.poll(timeout_ms=100, max_records=500).values():
+            now = time.time()
+            for rec in records:
+                got[rec.key.decode()] = now
+    consumer.close()
+    sender.join()
+    return latency_stats([(got[k] - sent[k]) * 1000 for k in sent if k in got])
+
+
+def run_latency(opts: Options) -> BenchResult:
+    r = BenchResult("latency", "Latency: produce -> verdict at 50 % and 90 % of capacity, two --max-wait-ms", opts.quick)
+    r.config.update(archs=opts.stream_archs, waits_ms=opts.latency_waits_ms, loads=opts.latency_loads, seconds_per_point=opts.latency_seconds, cache="off")
+    r.note("latency = verdict record timestamp (the worker's produce call) - the time the upload was handed to the producer; both clocks are this machine's")
+    r.note(
+        "capacity = verdicts/s the worker sustains while the load generator runs on the same machine (offered 1.5x the backlog rate); "
+        "on 2 cores the generator's CPU is taken from the worker, so this is lower than the pre-published backlog rate, which is reported beside it"
+    )
+    with dev_servers() as servers, tempfile.TemporaryDirectory(prefix="aigis-bench-") as tmp:
+        boot = servers.bootstrap_servers
+        for arch in opts.stream_archs:
+            bundle = ensure_bundle(arch)
+            n_cap = opts.stream_images[arch]
+            cap_images = unique_jpegs(n_cap, seed=_arch_seed(arch) + 2)
+            topics = Topics.fresh(boot)
+            keys = [f"cap-{i}" for i in range(n_cap)]
+            publish(boot, topics.uploads, [(k.encode(), v) for k, v in zip(keys, cap_images, strict=True)])
+            print(f"  {arch}: backlog rate on {n_cap} pre-published images ...", flush=True)
+            backlog = run_worker_once(r, opts, boot, topics, bundle, set(keys), Path(tmp) / f"cap-{arch}.log", 120 + n_cap * 2.0)["rate"]
+            r.config.setdefault("backlog_images_per_s", {})[arch] = backlog
+            pool = unique_jpegs(32, seed=_arch_seed(arch) + 3)
+
+            if arch == opts.stream_archs[0]:
+                for fmw in (500, 20):
+                    floor = broker_floor(boot, fmw, 20.0, min(opts.latency_seconds, 10.0), pool)
+                    r.add(
+                        arch="(bare kafka-python consumer, no work)",
+                        max_wait_ms=f"fetch_max_wait_ms={fmw}",
+                        load=None,
+                        offered_per_s=20.0,
+                        achieved_per_s=None,
+                        **floor,
+                    )
+                    print(f"  broker floor, fetch_max_wait_ms={fmw}: p50 {floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms", flush=True)
+            capacity = None
+            for wait in opts.latency_waits_ms:
+                t = Topics.fresh(boot)
+                env = _env(r, opts, boot, t, bundle, max_wait_ms=wait)
+                worker = WorkerProc.start(env, Path(tmp) / f"lat-{arch}-{wait}.log")
+                collector = Collector(boot, [t.verdicts, t.dead], keep_values=False)
+                try:
+                    warm = [f"warm-{i}" for i in range(4)]
+                    publish(boot, t.uploads, [(k.encode(), with_comment(pool[i], k)) for i, k in enumerate(warm)])
+                    collector.wait_for(set(warm), 180, worker)
+                    if capacity is None:
+                        print(f"  {arch}: capacity under a live producer (offered {1.5 * backlog:.1f}/s) ...", flush=True)
+                        _, got = _latency_point(boot, collector, worker, t.uploads, pool, "sat", 1.5 * backlog, opts.latency_seconds)
+                        capacity = got["rate"]
+                        r.config.setdefault("capacity_images_per_s", {})[arch] = capacity
+                        r.config.setdefault("capacity_measured_with_max_wait_ms", wait)
+                        print(f"  {arch}: backlog {backlog:.1f}/s, capacity with live producer {capacity:.1f}/s", flush=True)
+                    for load in opts.latency_loads:
+                        rate = load * capacity
+                        print(f"  {arch}: max-wait {wait} ms, offered {rate:.1f}/s ({load:.0%}) for {opts.latency_seconds:.0f} s ...", flush=True)
+                        stats, got = _latency_point(boot, collector, worker, t.uploads, pool, f"w{wait}-l{int(load * 100)}", rate, opts.latency_seconds)
+                        r.add(arch=arch, max_wait_ms=wait, load=load, offered_per_s=rate, achieved_per_s=got["full_rate"], **stats)
+                        print(
+                            f"    p50 {stats['p50_ms']:.1f} ms  p99 {stats['p99_ms']:.1f} ms  (n={int(stats['n'])}, achieved {got['full_rate']:.1f}/s)",
+                            flush=True,
+                        )
+                finally:
+                    worker.stop()
+                    collector.close()
+    return r.finish()

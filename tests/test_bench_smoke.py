@@ -1,0 +1,81 @@
+"""The benchmark harness runs end to end and writes what the README is rendered from.
+
+No timing is asserted (speed lives in ``python -m bench`` output, not in tests):
+these check that a comparison runs on the real code paths, that its JSON has
+the keys the report needs, and that the markdown, the plot and the README
+section are produced from it.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from bench.cli import main as bench_main
+from bench.report import BEGIN, END
+from bench.report import main as report_main
+from worker.devservers import DevServers
+
+
+@pytest.fixture
+def bench_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Bundles and images the harness builds go to a temp dir, not the repository's .aigis/bench."""
+    cache = tmp_path_factory.getbasetemp() / "bench-cache"
+    monkeypatch.setenv("AIGIS_BENCH_CACHE", str(cache))
+    import bench.artifacts
+    import bench.decode
+    import bench.streaming
+
+    monkeypatch.setattr(bench.artifacts, "CACHE", cache)
+    monkeypatch.setattr(bench.decode, "CACHE", cache)
+    monkeypatch.setattr(bench.streaming, "PROFILES", cache / "profiles")
+    return cache
+
+
+def test_backbone_comparison_writes_json_markdown_plot_and_readme(bench_cache: Path, tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    assert bench_main(["--only", "backbone", "--quick", "--arch", "aigis-tiny", "--batch-sizes", "1,2", "--reps", "1", "--out", str(out)]) == 0
+    doc = json.loads((out / "backbone.json").read_text())
+    assert {"machine", "command", "config", "rows", "targets", "notes", "duration_s", "quick"} <= doc.keys()
+    assert {"cpu", "physical_cores", "ram_gib", "gpus", "versions", "loadavg_start", "loadavg_end"} <= doc["machine"].keys()
+    backends = {r["backend"] for r in doc["rows"]}
+    assert {"torch-eager-cpu", "ort-cpu-fp32", "ort-cpu-int8", "ort-cpu-fp32-fused", "ort-cpu-int8-fused"} <= backends
+    assert {r["batch"] for r in doc["rows"]} == {1, 2}
+    for row in doc["rows"]:
+        assert {"median", "min", "max", "p25", "p75", "n"} <= row["images_per_s"].keys()
+        assert row["images_per_s"]["median"] > 0
+        assert 0.9 < row["cosine_vs_fp32_min"] <= 1.0 + 1e-9
+    # Same weights on both runtimes: the comparison is only fair if this holds.
+    assert doc["config"]["torch_vs_ort_fp32_max_abs_diff"] < 1e-3
+    assert any("no GPU" in n for n in doc["notes"]) or doc["machine"]["gpus"]
+
+    md = (out / "results.md").read_text()
+    assert "| backend | precision | batch 1 | batch 2 |" in md and "ort-cpu-int8" in md
+    assert (out / "backbone_throughput.png").stat().st_size > 1000
+
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{BEGIN}\nold text\n{END}\n\n## after\n")
+    assert report_main(["--out", str(out), "--readme", "--readme-path", str(readme)]) == 0
+    text = readme.read_text()
+    section = text.split(BEGIN, 1)[1].split(END, 1)[0]
+    assert "old text" not in section and "## Performance" in section and "ort-cpu-fp32" in section
+    assert "Machine:" in section and "python -m bench --all" in section
+    assert text.endswith("## after\n"), "text outside the markers must not change"
+
+
+def test_streaming_comparison_runs_against_the_real_broker(bench_cache: Path, tmp_path: Path, servers: DevServers, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Benchmark 3 drives ``python -m worker`` through Kafka and the offline scorer on the same images."""
+    monkeypatch.setenv("AIGIS_TEST_KAFKA", servers.bootstrap_servers)
+    monkeypatch.setenv("AIGIS_TEST_REDIS", servers.redis_url)
+    out = tmp_path / "results"
+    assert bench_main(["--only", "streaming", "--quick", "--stream-archs", "aigis-tiny", "--stream-images", "40", "--out", str(out)]) == 0
+    doc = json.loads((out / "streaming.json").read_text())
+    modes = {r["mode"].split(" ")[0]: r for r in doc["rows"]}
+    assert modes.keys() == {"offline", "streaming"}
+    assert modes["streaming"]["images"] == 40
+    assert modes["streaming"]["images_per_s"]["median"] > 0 and modes["offline"]["images_per_s"]["median"] > 0
+    assert [t["name"] for t in doc["targets"]] == ["streaming / offline (aigis-tiny)"]
+    assert doc["config"]["worker_settings"]["AIGIS_REDIS_URL"] == "", "the streaming comparison runs with the cache off"
+    assert "| bundle | mode | images | images/s | ratio to offline |" in (out / "results.md").read_text()
