@@ -140,6 +140,7 @@ class WorkerApp:
         self._abort = threading.Event()  # grace expired: give up on in-flight work
         self._fatal: BaseException | None = None
         self._member_stable = False
+        self._heartbeat_age: float | None = None
         self._restart_at: dict[TopicPartition, int] = {}
         self._last_input = time.monotonic()
         self.producer = None
@@ -210,7 +211,10 @@ class WorkerApp:
         if self._stop.is_set():
             out.append("draining for shutdown")
         if not self._member_stable:
-            out.append("not a stable member of the consumer group (broker unreachable or rebalancing)")
+            out.append("not a stable member of the consumer group (joining or rebalancing)")
+        limit = max(3 * self.cfg.heartbeat_interval_ms / 1000, 1.0)
+        if self._heartbeat_age is None or self._heartbeat_age > limit:
+            out.append(f"no heartbeat answered by the group coordinator for {self._heartbeat_age or 0:.1f}s (broker unreachable?)")
         return out
 
     def health_problems(self) -> list[str]:
@@ -276,6 +280,7 @@ class WorkerApp:
         """Produce, await every ack, then mark done; retried while the broker is away, until aborted."""
         backoff = 0.2
         while not self._abort.is_set():
+            self.liveness.busy("deliver")  # retrying against an absent broker is waiting, not a wedged stage
             with self.emit_lock:
                 live = [(w, o) for w, o in zip(works, outcomes, strict=True) if self.tracker.is_current(w.tp, w.generation)]
                 if not live:
@@ -293,11 +298,32 @@ class WorkerApp:
                     return
             self.metrics.delivery_retries.inc()
             log.warning("delivery_failed_retrying", error=str(error)[:300], records=len(live), backoff_s=backoff)
+            self._new_producer()
             self._abort.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 
+    def _new_producer(self) -> None:
+        """Replace the producer after a failed delivery.
+
+        kafka-python's idempotent producer enters a fatal state it never leaves
+        when, e.g., a restarted broker fails its InitProducerId; a fresh
+        producer is the reliable way back. Only the deliver stage produces, so
+        the swap needs no lock.
+        """
+        old, self.producer = self.producer, None
+        try:
+            if old is not None:
+                old.close(timeout=0)
+        except Exception:
+            pass
+        try:
+            self.producer = make_producer(self.cfg.bootstrap_servers, self.cfg.max_image_bytes, self.cfg.client_id)
+        except KafkaError as exc:  # broker still away: the next attempt tries again
+            log.warning("producer_recreate_failed", error=str(exc)[:300])
+
     def _produce(self, outcomes: list[Outcome]) -> None:
-        assert self.producer is not None
+        if self.producer is None:
+            raise DeliveryError("no producer (broker unreachable when it was created)")
         cfg = self.cfg
         try:
             futures = []
@@ -380,6 +406,15 @@ class WorkerApp:
         self.metrics.consumer_lag.replace(lag)
         self.metrics.consumer_lag_sum.set(sum(lag.values()))
 
+    @staticmethod
+    def _last_heartbeat(consumer: KafkaConsumer) -> float | None:
+        """Seconds since the group coordinator last answered a heartbeat (kafka-python's own metric)."""
+        try:
+            age = consumer.metrics().get("consumer-coordinator-metrics", {}).get("last-heartbeat-seconds-ago")
+        except Exception:  # metrics are a convenience; never let them stop the loop
+            return None
+        return float(age) if age is not None and age >= 0 else None
+
     def _take(self, polled: dict) -> None:  # type: ignore[type-arg]
         for tp, records in polled.items():
             gen = self.tracker.added(tp, [r.offset for r in records])
@@ -452,6 +487,7 @@ class WorkerApp:
                 now = time.monotonic()
                 if now - last_lag >= 1.0:
                     self._export_lag(consumer)
+                    self._heartbeat_age = self._last_heartbeat(consumer)
                     log.debug(
                         "loop_status",
                         assigned=sorted(tp.partition for tp in consumer.assignment() or ()),
@@ -480,7 +516,8 @@ class WorkerApp:
                 code = EXIT_FATAL
             self._commit(consumer)
             consumer.close(autocommit=False, timeout_ms=10_000)  # revoke listener commits the rest, then leaves the group
-            self.producer.close(timeout=5)
+            if self.producer is not None:
+                self.producer.close(timeout=5)
             self.watcher.stop()
             self.pool.shutdown(wait=False, cancel_futures=True)
             if self.cache:

@@ -8,8 +8,11 @@ inference call, a decode that never returns). A broker or Redis outage does
 not make the worker unhealthy (restarting every pod would not bring Kafka
 back); it makes it *not ready* instead.
 
-Readiness: the bundle is loaded and the consumer is a stable member of its
-group (which needs a reachable broker), not draining for shutdown.
+Readiness: the bundle is loaded (the process does not serve before), the
+consumer is a stable member of its group, the group coordinator answered a
+heartbeat within three heartbeat intervals (so the broker is reachable; group
+state alone stays "stable" for a while after the broker vanished), and the
+worker is not draining for shutdown.
 """
 
 from __future__ import annotations
