@@ -1,0 +1,51 @@
+"""The per-image decode time limit: a slow image becomes a ``decode_timeout`` dead letter and the batch goes on.
+
+Pillow's decoders cannot be interrupted, so the worker's pool abandons the
+thread (see :mod:`worker.decode_pool`) and starts a replacement; the images
+after the slow one are decoded as usual.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from tests.runtime_support import unique_jpegs
+from worker.bundle import LoadedBundle
+from worker.config import WorkerConfig
+from worker.decode_pool import DecodePool
+from worker.pipeline import BatchProcessor
+from worker.wire import InputRecord
+
+
+def big_smooth_png(side: int = 6000) -> bytes:
+    """36 MP that compresses to little: cheap to ship, slow to decode and resize."""
+    ramp = np.linspace(0, 255, side, dtype=np.float32)
+    img = np.stack([np.add.outer(ramp, ramp) / 2, np.add.outer(ramp, -ramp) / 2 + 128, np.full((side, side), 90.0)], axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(buf, "PNG", compress_level=9)
+    return buf.getvalue()
+
+
+def test_slow_decode_is_dead_lettered_and_the_pool_keeps_working(tiny_bundle: Path) -> None:
+    bundle = LoadedBundle(tiny_bundle, ["CPUExecutionProvider"])
+    slow = big_smooth_png()
+    small = unique_jpegs(4, seed=9)
+    records = [InputRecord("t", 0, 0, None, b"slow", slow)] + [InputRecord("t", 0, i + 1, None, f"ok-{i}".encode(), d) for i, d in enumerate(small)]
+    pool = DecodePool(1)  # one thread: the images after the slow one need the replacement thread
+    try:
+        # 20 ms cannot decode and resize 36 megapixels. (The small images get a generous limit in a second
+        # pass below, so a busy shared machine cannot time them out too.)
+        cfg = WorkerConfig(bundle=tiny_bundle, redis_url="", decode_timeout_s=0.02, max_image_pixels=40_000_000)
+        outcomes = BatchProcessor(cfg, bundle, None, pool).process(records[:1])
+        assert outcomes[0].dead_letter is not None and outcomes[0].dead_letter.error_code.value == "decode_timeout"
+        assert pool.timeouts == 1
+
+        relaxed = WorkerConfig(bundle=tiny_bundle, redis_url="", decode_timeout_s=30)
+        outcomes = BatchProcessor(relaxed, bundle, None, pool).process(records[1:])
+        assert all(o.verdict is not None for o in outcomes), [o.dead_letter for o in outcomes]
+    finally:
+        pool.shutdown(wait=False)
