@@ -8,10 +8,11 @@ of its embeddings to ORT fp32 on real photographs. With a GPU, fp32/fp16 on the
 CUDA provider, fp16 on TensorRT and PyTorch CUDA join; without one they are
 skipped with a line saying so.
 
-Each backend is timed in its own block (one warm-up, then the repetitions) with
-a short pause between blocks: ORT and OpenMP worker threads spin for a while
-after a run, and interleaving single runs would charge that spin to the next
-backend.
+Each backend is timed in its own block (one warm-up, then the repetitions, each
+at least 0.1 s of back-to-back calls so that millisecond batches are not timer
+noise) with a short pause between blocks: ORT and OpenMP worker threads spin for
+a while after a run, and interleaving single runs would charge that spin to the
+next backend.
 
 Benchmark 7 (``scaling``): ORT fp32 and int8 on aigis-tiny, ViT-B-16 and
 ViT-L-14 (random weights), with FLOPs per image, achieved GFLOP/s and the
@@ -115,13 +116,23 @@ def _batch(pixels: np.ndarray, n: int) -> np.ndarray:
     return np.ascontiguousarray(np.concatenate([pixels] * reps)[:n])
 
 
+#: Shortest repetition: a tiny model's batch takes ~1 ms, far below timer and scheduler noise, so
+#: one repetition runs the batch as many times as fill this (and the rate counts them all).
+MIN_SAMPLE_S = 0.1
+
+
 def _time_block(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray, reps: int) -> list[float]:
+    """Seconds per call of ``fn(x)``, one value per repetition (each repetition >= MIN_SAMPLE_S of calls)."""
     fn(x)  # warm-up: first-run allocations, kernel selection
+    t0 = time.perf_counter()
+    fn(x)
+    calls = max(1, int(MIN_SAMPLE_S / max(time.perf_counter() - t0, 1e-6)))
     out = []
     for _ in range(reps):
         t0 = time.perf_counter()
-        fn(x)
-        out.append(time.perf_counter() - t0)
+        for _ in range(calls):
+            fn(x)
+        out.append((time.perf_counter() - t0) / calls)
     return out
 
 

@@ -159,7 +159,7 @@ def _cache(d: dict[str, Any]) -> str:
         threads = ", ".join(f"{x['name']} {x['share']:.0%}" for x in prof["threads"][:6])
         top = "; ".join(f"`{x['name']}` {x['share']:.0%}" for x in prof["self"][:8])
         out += (
-            f"\n\nProfile of the worker on this stream (py-spy, all threads, {prof['samples']} samples, "
+            f"\n\nProfile of the worker on this stream (py-spy --gil: where Python holds the interpreter lock; {prof['samples']} samples, "
             f"{f(prof['rate_under_profiler'])} verdicts/s under the profiler): by thread {threads}; by library (self time) {libs}; "
             f"hottest functions (self) {top}. Raw stacks: `{prof['raw']}`."
         )
@@ -204,7 +204,10 @@ def _scaling(d: dict[str, Any]) -> str:
         )
         for r in d["rows"]
     ]
-    return table(["backbone", "precision", "GFLOP / image", "batch", "images/s", "effective GFLOP/s", "of fp32 matmul peak"], rows)
+    out = table(["backbone", "precision", "GFLOP / image", "batch", "images/s", "effective GFLOP/s", "of fp32 matmul peak"], rows)
+    return (
+        out + "\n\nEffective GFLOP/s = images/s x FLOPs per image; int8 rows can exceed the fp32 matmul peak because integer dot products run at a higher rate."
+    )
 
 
 RENDER = {
@@ -254,6 +257,12 @@ def _limit_sentence(results: dict[str, dict[str, Any]]) -> str:
             f" int8 ({f(max(int8))} images/s at best) is bounded by the integer dot-product rate instead "
             "(VNNI: about 4x the fp32 FMA rate), which is why it can pass the fp32 line."
         )
+    large = next((r for r in roof["rows"] if r["arch"] == "ViT-L-14"), None)
+    if large and arch != "ViT-L-14":
+        s += (
+            f" For ViT-L-14, the production backbone, the same arithmetic gives {f(large['gflops_per_image'])} GFLOP per image "
+            f"and at most {f(large['limit_images_per_s'])} images/s in fp32 on this CPU."
+        )
     return s
 
 
@@ -273,7 +282,8 @@ def render(results: dict[str, dict[str, Any]], out_dir: Path, for_readme: bool =
             "The numbers are indicative only; the full run below replaces them."
         )
     parts.append(f"Machine: {one_line(machine)}; Python {v.get('python')}, {libs}.")
-    parts.append(f"Commands: `{first['command']}` (this run); full run and README refresh: `{FULL_COMMAND}`.")
+    commands = ", ".join(f"`{c}`" for c in dict.fromkeys(d["command"] for d in results.values()))
+    parts.append(f"Produced by: {commands}. Full run and README refresh: `{FULL_COMMAND}`.")
     parts.append(f"1-minute load average at start→end of each benchmark (2 cores: above ~2 the machine was busy): {loads}.")
     limit = _limit_sentence(results)
     if limit:

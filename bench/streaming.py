@@ -56,6 +56,8 @@ from bench.stream import (
 from worker.devservers import dev_servers
 
 PROFILES = CACHE / "profiles"
+#: max-batch of the tuned worker row in the cache benchmark.
+TUNED_BATCH = 256
 
 
 def _stream_reps(opts: Options) -> int:
@@ -326,10 +328,10 @@ def run_cache(opts: Options) -> BenchResult:
         print(f"  publishing {n} duplicate uploads ...", flush=True)
         publish(boot, uploads, [(k.encode(), distinct[i % len(distinct)]) for i, k in enumerate(keys)])
 
-        def worker_run(label: str, log_level: str, profile: Path | None = None) -> dict[str, Any]:
+        def worker_run(label: str, log_level: str, profile: Path | None = None, **settings: Any) -> dict[str, Any]:
             t = Topics(uploads, f"bench-v-{label}-{uuid.uuid4().hex[:6]}", f"bench-d-{label}-{uuid.uuid4().hex[:6]}", f"bench-g-{uuid.uuid4().hex[:6]}")
             create_topics(boot, [t.verdicts, t.dead], 2)
-            env = _env(r, opts, boot, t, bundle, servers.redis_url)
+            env = _env(r, opts, boot, t, bundle, servers.redis_url, **settings)
             env["AIGIS_LOG_LEVEL"] = log_level
             worker = WorkerProc.start(env, Path(tmp) / f"{label}.log")
             collector = Collector(boot, [t.verdicts, t.dead], keep_values=False)
@@ -351,14 +353,17 @@ def run_cache(opts: Options) -> BenchResult:
             res["dead_letters"] = float(misses)
             return res
 
-        rows: dict[str, list[float]] = {"aigis worker (log warning)": [], "bare loop, 32/poll": []}
+        default, tuned = "aigis worker (defaults, log warning)", f"aigis worker (AIGIS_MAX_BATCH={TUNED_BATCH})"
+        rows: dict[str, list[float]] = {default: [], "bare loop, 32/poll": [], tuned: []}
         for rep in range(reps):
             print(f"  rep {rep + 1}/{reps}: worker ...", flush=True)
-            rows["aigis worker (log warning)"].append(worker_run(f"w{rep}", "warning")["rate"])
+            rows[default].append(worker_run(f"w{rep}", "warning")["rate"])
             print(f"  rep {rep + 1}/{reps}: bare loop ...", flush=True)
             rows["bare loop, 32/poll"].append(_bare_once(boot, uploads, n, 32, Path(tmp) / f"bare{rep}.log", 120 + n / 100)["rate"])
+            print(f"  rep {rep + 1}/{reps}: worker with max-batch {TUNED_BATCH} ...", flush=True)
+            rows[tuned].append(worker_run(f"t{rep}", "warning", max_batch=TUNED_BATCH)["rate"])
         print("  worker at log level info (one line per verdict) ...", flush=True)
-        rows["aigis worker (log info)"] = [worker_run("info", "info")["rate"]]
+        rows["aigis worker (defaults, log info)"] = [worker_run("info", "info")["rate"]]
         print("  bare loop, 500 records per poll ...", flush=True)
         rows["bare loop, 500/poll"] = [_bare_once(boot, uploads, n, 500, Path(tmp) / "bare500.log", 120 + n / 100)["rate"]]
 
@@ -378,9 +383,16 @@ def run_cache(opts: Options) -> BenchResult:
         s = summarize(xs)
         r.add(consumer=label, messages=n, verdicts_per_s=s, fraction_of_bare_loop=s["median"] / bare)
         print(f"  {label:<28} {s['median']:8.0f}/s  ({s['median'] / bare:.2f} of bare loop)", flush=True)
-    w = summarize(rows["aigis worker (log warning)"])["median"]
-    r.target("cache-hit verdicts/s per worker", ">= 2000/s", w, 2000.0, "/s")
-    r.target("worker / bare loop", ">= 0.5", w / bare, 0.5)
+    w = summarize(rows[default])["median"]
+    wt = summarize(rows[tuned])["median"]
+    r.target("cache-hit verdicts/s per worker (defaults)", ">= 2000/s", w, 2000.0, "/s")
+    r.target("worker / bare loop (defaults)", ">= 0.5", w / bare, 0.5)
+    r.target(f"cache-hit verdicts/s per worker (AIGIS_MAX_BATCH={TUNED_BATCH})", ">= 2000/s", wt, 2000.0, "/s")
+    r.target(f"worker / bare loop (AIGIS_MAX_BATCH={TUNED_BATCH})", ">= 0.5", wt / bare, 0.5)
+    r.note(
+        f"on the cache path every record costs per-batch overhead (Redis MGET round trip, producer flush + acknowledgement wait, commit) "
+        f"shared by max-batch records; AIGIS_MAX_BATCH={TUNED_BATCH} amortises it over more records (inference still runs in batches of at most that size)"
+    )
     return r.finish()
 
 
