@@ -6,6 +6,7 @@ what an operator would see: the pipeline fills up to ``--max-in-flight`` and
 stops there, every partition is paused, lag grows, the poll loop keeps the
 consumer in its group well past ``max.poll.interval.ms`` (no rebalance, still
 ready), and /healthz turns unhealthy so the orchestrator restarts the pod.
+SIGTERM then gives up on the wedged batch after the grace period (exit 1).
 """
 
 from __future__ import annotations
@@ -43,6 +44,7 @@ def test_metrics_health_readiness_logs_and_backpressure(servers, tiny_bundle: Pa
         AIGIS_LIVENESS_TIMEOUT_S="3",
         AIGIS_MAX_POLL_INTERVAL_MS="3000",
         AIGIS_TEST_STALL_KEY="stall-me",
+        AIGIS_SHUTDOWN_GRACE_S="2",
     )
     log = tmp_path / "worker.log"
     reader = OutputReader(servers.bootstrap_servers, topics)
@@ -115,8 +117,12 @@ def test_metrics_health_readiness_logs_and_backpressure(servers, tiny_bundle: Pa
         assert (metric(body, "aigis_rebalances_total", event="revoked") or 0) == revoked_before
         assert http_get(port, "/readyz")[0] == 200
         assert metric(body, "aigis_loop_progress_age_seconds") < 3
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+
+        # SIGTERM cannot drain a wedged stage: the worker gives up after the grace period, commits what
+        # was done, leaves the group, and says so with exit code 1.
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 1
+        assert any(e.get("event") == "grace_expired" for e in log_events(log))
     finally:
         stop(proc)
         reader.close()

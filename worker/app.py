@@ -138,11 +138,13 @@ class WorkerApp:
         self._to_deliver: queue.Queue[tuple[list[Work], list[Outcome]] | None] = queue.Queue(maxsize=1)
         self._stop = threading.Event()  # SIGTERM/SIGINT or idle exit: begin draining
         self._abort = threading.Event()  # grace expired: give up on in-flight work
+        self._progress = threading.Event()  # the deliver stage finished a batch (wakes a paused poll loop)
         self._fatal: BaseException | None = None
         self._member_stable = False
         self._heartbeat_age: float | None = None
         self._restart_at: dict[TopicPartition, int] = {}
         self._last_input = time.monotonic()
+        self._ever_assigned = False
         self.producer = None
         self.stats = {"records": 0, "verdicts": 0, "dead_letters": 0, "batches": 0, "stale_dropped": 0}
         b = self.bundle
@@ -182,6 +184,9 @@ class WorkerApp:
     def assign(self, tps: set[TopicPartition]) -> dict[TopicPartition, int]:
         """Start fresh generations; returns where to re-fetch partitions that came straight back to us."""
         self.tracker.assign(tps)
+        if tps:
+            self._last_input = time.monotonic()  # idle time counts from the first assignment, not from start-up
+            self._ever_assigned = True
         restart = {tp: off for tp, off in self._restart_at.items() if tp in tps}
         self._restart_at = {}
         self.metrics.rebalances.inc(1, "assigned")
@@ -356,6 +361,7 @@ class WorkerApp:
                 self.metrics.dead_letters.inc(1, o.dead_letter.error_code.value)
         for (tp, gen), offsets in by_part.items():
             self.tracker.complete(tp, gen, offsets)
+        self._progress.set()
         self.stats["batches"] += 1
         self.stats["verdicts"] += sum(o.verdict is not None for _, o in live)
         self.stats["dead_letters"] += sum(o.dead_letter is not None for _, o in live)
@@ -377,7 +383,8 @@ class WorkerApp:
         self.tracker_committed(offsets)
         self.metrics.stage_seconds.observe(time.perf_counter() - t0, "commit")
 
-    def _backpressure(self, consumer: KafkaConsumer) -> None:
+    def _backpressure(self, consumer: KafkaConsumer) -> bool:
+        """Pause every assigned partition at max_in_flight, resume at half; True while paused."""
         assigned = consumer.assignment() or set()
         paused = consumer.paused()
         in_flight = self.tracker.in_flight
@@ -390,8 +397,10 @@ class WorkerApp:
             consumer.resume(*paused)
             log.debug("partitions_resumed", in_flight=in_flight)
         self.metrics.in_flight.set(in_flight)
-        self.metrics.paused.set(len(consumer.paused()))
+        now_paused = consumer.paused()
+        self.metrics.paused.set(len(now_paused))
         self.metrics.assigned.set(len(assigned))
+        return bool(now_paused)
 
     def _export_lag(self, consumer: KafkaConsumer) -> None:
         lag: dict[tuple[str, ...], float] = {}
@@ -477,9 +486,15 @@ class WorkerApp:
                 if self._stop.is_set() and drain_deadline is None:
                     drain_deadline = time.monotonic() + cfg.shutdown_grace_s
                     log.info("draining", in_flight=self.tracker.in_flight, grace_s=cfg.shutdown_grace_s)
-                self._backpressure(consumer)
+                paused = self._backpressure(consumer)
+                if paused:
+                    # Nothing can be fetched: wake as soon as the pipeline finishes something (to commit it and
+                    # resume), instead of sleeping out a poll timeout that would cap throughput at
+                    # max_in_flight records per timeout.
+                    self._progress.wait(0.1)
+                    self._progress.clear()
                 room = self.max_in_flight - self.tracker.in_flight
-                polled = consumer.poll(timeout_ms=100, max_records=max(1, room))
+                polled = consumer.poll(timeout_ms=0 if paused else 100, max_records=max(1, room))
                 if not self._stop.is_set():
                     self._take(polled)
                 self._member_stable = consumer.group_metadata().state == MemberState.STABLE
@@ -507,7 +522,7 @@ class WorkerApp:
                         self._abort.set()
                         code = EXIT_GRACE_EXPIRED
                         break
-                elif cfg.exit_when_idle_s and self.tracker.in_flight == 0 and now - self._last_input > cfg.exit_when_idle_s:
+                elif cfg.exit_when_idle_s and self._ever_assigned and self.tracker.in_flight == 0 and now - self._last_input > cfg.exit_when_idle_s:
                     log.info("idle_exit", idle_s=cfg.exit_when_idle_s)
                     self.request_stop()
         finally:

@@ -94,7 +94,9 @@ class WorkerConfig(BaseModel):
     decode_threads: int = _f(2, "Threads that fetch/decode/preprocess images in parallel with inference.", "runtime", ge=1)
     max_in_flight: int = _f(0, "Records in the pipeline before partitions are paused (0 = 4 x max-batch); resumed at half.", "runtime", ge=0)
     shutdown_grace_s: float = _f(20.0, "On SIGTERM: seconds to finish and deliver in-flight batches before leaving the group anyway.", "runtime", gt=0)
-    exit_when_idle_s: float = _f(0.0, "Exit after this many seconds without input (0 = run forever). For bounded runs.", "runtime", ge=0)
+    exit_when_idle_s: float = _f(
+        0.0, "Exit after this many seconds without input, counted from the first assignment (0 = run forever). For bounded runs.", "runtime", ge=0
+    )
     # Ops
     metrics_port: int = _f(0, "Port for /metrics (Prometheus), /healthz (liveness) and /readyz (readiness); 0 = off.", "ops", ge=0, le=65535)
     liveness_timeout_s: float = _f(60.0, "/healthz fails when the poll loop or a pipeline stage made no progress for this long.", "ops", gt=0)

@@ -374,7 +374,14 @@ class BatchProcessor:
             for it in pb.misses.get(sha, []):
                 it.shadow = shadow_score
                 primary = it.result[0] if it.result else None
-                log.info("shadow_score", upload_id=it.upload.upload_id if it.upload else None, primary=primary, shadow=round(score, 5))
+                log.info(
+                    "shadow_score",
+                    upload_id=it.upload.upload_id if it.upload else None,
+                    partition=it.record.partition,
+                    offset=it.record.offset,
+                    primary=primary,
+                    shadow=round(score, 5),
+                )
         self._observe("shadow", time.perf_counter() - t0)
 
     # -- events -------------------------------------------------------------------
