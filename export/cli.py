@@ -190,6 +190,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--workdir", type=Path, default=Path(".aigis/demo"), help="Where the demo keeps its bundle and data (reused between runs).")
     d.add_argument("--count", type=int, default=0, help="Limit the number of photographs published (0 = all).")
     d.set_defaults(func=cmd_demo)
+
+    from export.variants import add_parser as add_variant_parser  # `python -m export variant`: int8/fp16/fused bundles (performance issue)
+
+    add_variant_parser(sub)
     return parser
 
 
