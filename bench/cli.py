@@ -68,7 +68,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-sizes", type=_ints, default=None, help="Batch sizes for benchmark 1 (default 1,8,32).")
     p.add_argument("--stream-archs", default=None, help="Bundles the streaming benchmarks run on (default aigis-tiny,ViT-B-16; aigis-tiny with --quick).")
     p.add_argument(
-        "--stream-images", type=int, default=None, help="Images per streaming run, every bundle (default 1024 tiny / 160 ViT-B-16; 192 tiny with --quick)."
+        "--stream-images", type=int, default=None, help="Images per streaming run, every bundle (default 2048 tiny / 160 ViT-B-16; 192 tiny with --quick)."
     )
     p.add_argument("--scaling-archs", default=None, help="Architectures for benchmark 7 (default aigis-tiny,ViT-B-16,ViT-L-14).")
     p.add_argument("--cache-messages", type=int, default=None, help="Messages in the all-duplicate stream (default 12000; 2000 with --quick).")

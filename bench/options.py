@@ -20,7 +20,7 @@ class Options:
     #: streaming benchmarks (3, 4, 6) run on each of these bundles
     stream_archs: list[str] = field(default_factory=lambda: ["aigis-tiny", "ViT-B-16"])
     #: images per streaming run, per arch (tiny is fast, ViT-B-16 ~5 img/s on 2 cores)
-    stream_images: dict[str, int] = field(default_factory=lambda: {"aigis-tiny": 1024, "ViT-B-16": 160, "ViT-L-14": 48})
+    stream_images: dict[str, int] = field(default_factory=lambda: {"aigis-tiny": 2048, "ViT-B-16": 160, "ViT-L-14": 48})
     cache_messages: int = 12_000
     latency_seconds: float = 30.0
     latency_waits_ms: list[int] = field(default_factory=lambda: [5, 50])

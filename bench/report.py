@@ -185,7 +185,7 @@ def _latency(d: dict[str, Any]) -> str:
     backlog = d["config"].get("backlog_images_per_s") or {}
     head = (
         "Capacity measured in the same run, with the load generator running beside the worker: "
-        + ", ".join(f"{k} {f(v)} images/s (pre-published backlog: {f(backlog.get(k))})" for k, v in cap.items())
+        + ", ".join(f"{k} {f(v)} images/s (on a backlog burst: {f(backlog.get(k))})" for k, v in cap.items())
         + "."
     )
     return head + "\n\n" + table(["bundle", "--max-wait-ms", "load", "offered/s", "achieved/s", "p50 ms", "p90 ms", "p99 ms", "n"], rows)

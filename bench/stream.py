@@ -6,9 +6,10 @@ runtime does inside. Settings the installed worker does not know are dropped
 with a note rather than passed (its config forbids unknown fields).
 
 Throughput is read off the output topic, not the harness's clock: each verdict
-record's timestamp is when the worker produced it, so the rate (``steady_rate``)
-excludes start-up (bundle load, group join, first batch) and the reader's own
-polling delay never counts.
+record's timestamp is when the worker produced it and its ``timings.total_ms``
+dates the pick-up, so the rate (``steady_rate``) excludes process start-up
+(imports, bundle load, group join) and the reader's own polling delay never
+counts.
 """
 
 from __future__ import annotations
@@ -287,23 +288,36 @@ class Collector:
         self.consumer.close()
 
 
-def steady_rate(timestamps_ms: Sequence[int], group_ms: int = 5) -> dict[str, float]:
-    """Outputs per second from output timestamps, start-up excluded.
+def steady_rate(timestamps_ms: Sequence[int], group_ms: int = 5, starts_ms: Sequence[float] = ()) -> dict[str, float]:
+    """Outputs per second from output timestamps, start-up (process start, bundle load, group join) excluded.
 
-    ``rate``: the outputs after the first group (records produced within
-    ``group_ms`` of the first one: the first batch, which carries bundle warm-up
-    and the group join) divided by the time from that first group to the last
-    output. Exact for a worker that emits whole batches, and for a one-at-a-time
-    consumer it is (n - 1) / span. ``middle80_rate`` is the rate over the middle
-    80 % of outputs, for comparison; it is coarse when a run has few batches.
+    With ``starts_ms`` (per verdict: its timestamp minus ``timings.total_ms``,
+    i.e. when the worker picked the record up), ``rate`` is all outputs over the
+    span from the first pick-up to the last output: the wall time the worker
+    spent on the backlog, first batch included, the same thing the offline
+    scorer's wall time measures.
+
+    Without (consumers that report no timings), ``rate`` is the outputs after
+    the first group (records within ``group_ms`` of the first one: the first
+    batch) over the time from that group to the last output; for a
+    one-at-a-time consumer that is (n - 1) / span. ``middle80_rate`` is the rate
+    over the middle 80 % of outputs, for comparison; it is coarse when a run has
+    few batches.
     """
     ts = sorted(timestamps_ms)
     n = len(ts)
     out = {"outputs": float(n), "span_s": (ts[-1] - ts[0]) / 1000 if n > 1 else 0.0}
     first = sum(1 for t in ts if t <= ts[0] + group_ms) if n else 0
     out["first_group"] = float(first)
-    out["rate"] = (n - first) / out["span_s"] if out["span_s"] > 0 and n > first else float("nan")
     out["full_rate"] = (n - 1) / out["span_s"] if out["span_s"] > 0 else float("nan")
+    if starts_ms and n:
+        busy = (ts[-1] - min(starts_ms)) / 1000
+        out["busy_s"] = busy
+        out["rate"] = n / busy if busy > 0 else float("nan")
+        out["rate_basis"] = "first pick-up to last verdict"  # type: ignore[assignment]
+    else:
+        out["rate"] = (n - first) / out["span_s"] if out["span_s"] > 0 and n > first else float("nan")
+        out["rate_basis"] = "after the first batch"  # type: ignore[assignment]
     lo, hi = int(n * 0.1), max(int(n * 0.9) - 1, 0)
     window = (ts[hi] - ts[lo]) / 1000 if hi > lo else 0.0
     out["middle80_rate"] = (hi - lo) / window if window > 0 else float("nan")

@@ -78,14 +78,38 @@ def _env(r: BenchResult, opts: Options, bootstrap: str, topics: Topics, bundle: 
     return env
 
 
+def warmup_items(arch: str, tag: str, n: int = 32) -> list[tuple[bytes, bytes]]:
+    """A batch of distinct images the worker scores before the measured ones (first-run allocations, thread start-up)."""
+    return [(f"warm-{tag}-{i}".encode(), v) for i, v in enumerate(unique_jpegs(n, seed=_arch_seed(arch) + 99))]
+
+
 def run_worker_once(
-    r: BenchResult, opts: Options, bootstrap: str, topics: Topics, bundle: Path, keys: set[str], log: Path, timeout_s: float, **settings: Any
+    r: BenchResult,
+    opts: Options,
+    bootstrap: str,
+    topics: Topics,
+    bundle: Path,
+    items: list[tuple[bytes, bytes]],
+    log: Path,
+    timeout_s: float,
+    warmup: list[tuple[bytes, bytes]] | None = None,
+    **settings: Any,
 ) -> dict[str, Any]:
-    """Start a worker on already-published records, wait for every outcome, stop it; rates from output timestamps."""
+    """Start a worker, let it score ``warmup``, then publish ``items`` at once and time them; stop it.
+
+    The measured items arrive as a burst faster than any bundle here scores
+    them, so the worker works on a backlog; the rate covers the first pick-up
+    of a measured item to its last verdict (output timestamps and timings).
+    """
+    keys = {k.decode() for k, _ in items}
     env = _env(r, opts, bootstrap, topics, bundle, **settings)
     worker = WorkerProc.start(env, log)
     collector = Collector(bootstrap, [topics.verdicts, topics.dead], keep_values=True)
     try:
+        if warmup:
+            publish(bootstrap, topics.uploads, warmup)
+            collector.wait_for({k.decode() for k, _ in warmup}, timeout_s, worker)
+        publish(bootstrap, topics.uploads, items)
         collector.wait_for(keys, timeout_s, worker)
     finally:
         worker.stop()
@@ -95,7 +119,14 @@ def run_worker_once(
     if dead:
         codes = Counter(json.loads(o.value).get("error_code") for o in dead)
         r.note(f"{len(dead)} dead letters in a benchmark run ({dict(codes)}): the rate counts them as outcomes")
-    rate = steady_rate([o.timestamp_ms for o in outs])
+    starts = []
+    for o in outs:
+        if o.topic == topics.verdicts:
+            try:
+                starts.append(o.timestamp_ms - float(json.loads(o.value)["timings"]["total_ms"]))
+            except (ValueError, KeyError, TypeError):
+                pass
+    rate = steady_rate([o.timestamp_ms for o in outs], starts_ms=starts)
     rate["duplicates"] = float(collector.duplicates)
     rate["_values"] = {o.key: o.value for o in outs if o.topic == topics.verdicts}  # type: ignore[assignment]
     return rate
@@ -130,10 +161,10 @@ def run_streaming(opts: Options) -> BenchResult:
             stream_rates, middle = [], []
             for rep in range(reps):
                 topics = Topics.fresh(servers.bootstrap_servers)
-                keys = [f"{arch}-{rep}-{i}" for i in range(n)]
-                publish(servers.bootstrap_servers, topics.uploads, [(k.encode(), v) for k, v in zip(keys, images, strict=True)])
+                items = [(f"{arch}-{rep}-{i}".encode(), v) for i, v in enumerate(images)]
                 print(f"  {arch}: streaming run {rep + 1}/{reps} ...", flush=True)
-                res = run_worker_once(r, opts, servers.bootstrap_servers, topics, bundle, set(keys), Path(tmp) / f"worker-{arch}-{rep}.log", 120 + n * 2.0)
+                log = Path(tmp) / f"worker-{arch}-{rep}.log"
+                res = run_worker_once(r, opts, servers.bootstrap_servers, topics, bundle, items, log, 120 + n * 2.0, warmup_items(arch, f"s{rep}"))
                 stream_rates.append(res["rate"])
                 middle.append(res["middle80_rate"])
             off = summarize(off_rates)
@@ -187,6 +218,17 @@ def run_naive_once(bootstrap: str, topics: Topics, arch: str, bundle: Path, keys
     return res
 
 
+def _fp32_limit(arch: str, out: Path) -> float | None:
+    """images/s this CPU could do in fp32 at its matmul peak (from the roofline result in ``out``), if measured."""
+    from bench.results import load_results
+
+    roof = load_results(out).get("roofline")
+    if not roof:
+        return None
+    row = next((x for x in roof["rows"] if x["arch"] == arch), None)
+    return row["limit_images_per_s"] if row else None
+
+
 def run_baseline(opts: Options) -> BenchResult:
     r = BenchResult("baseline", "Baseline a user would write: kafka-python + open_clip (PyTorch, one message at a time) vs the aigis worker", opts.quick)
     reps = _stream_reps(opts)
@@ -202,16 +244,17 @@ def run_baseline(opts: Options) -> BenchResult:
             for rep in range(reps):
                 topics = Topics.fresh(servers.bootstrap_servers)
                 keys = [f"{arch}-{rep}-{i}" for i in range(n)]
-                publish(servers.bootstrap_servers, topics.uploads, [(k.encode(), v) for k, v in zip(keys, images, strict=True)])
+                items = [(k.encode(), v) for k, v in zip(keys, images, strict=True)]
+                publish(servers.bootstrap_servers, topics.uploads, items)
                 timeout = 120 + n * 3.0
                 print(f"  {arch} rep {rep + 1}/{reps}: naive consumer ...", flush=True)
                 naive = run_naive_once(servers.bootstrap_servers, topics, arch, bundle, set(keys), Path(tmp) / f"naive-{arch}-{rep}.log", timeout)
                 rates["naive"].append(naive["rate"])
                 for label, path in (("aigis-fp32", bundle), ("aigis-int8", int8)):
                     print(f"  {arch} rep {rep + 1}/{reps}: {label} worker ...", flush=True)
-                    t = Topics(topics.uploads, f"{topics.verdicts}-{label}", f"{topics.dead}-{label}", f"{topics.group}-{label}")
-                    create_topics(servers.bootstrap_servers, [t.verdicts, t.dead], 2)
-                    res = run_worker_once(r, opts, servers.bootstrap_servers, t, path, set(keys), Path(tmp) / f"{label}-{arch}-{rep}.log", timeout)
+                    t = Topics.fresh(servers.bootstrap_servers)  # its own input topic: warm-up first, then the same images
+                    log = Path(tmp) / f"{label}-{arch}-{rep}.log"
+                    res = run_worker_once(r, opts, servers.bootstrap_servers, t, path, items, log, timeout, warmup_items(arch, f"{label}{rep}"))
                     rates[label].append(res["rate"])
                     if label == "aigis-fp32":
                         a = {k: json.loads(v)["score"] for k, v in res["_values"].items()}
@@ -225,9 +268,21 @@ def run_baseline(opts: Options) -> BenchResult:
             r.config.setdefault("max_score_diff_naive_vs_aigis_fp32", {})[arch] = max(agreement)
             fp32 = summarize(rates["aigis-fp32"])["median"] / naive_med
             r.target(f"aigis fp32 / naive ({arch})", ">= 3x", fp32, 3.0, "x")
+            r.target(f"aigis int8 / naive ({arch})", ">= 3x", summarize(rates["aigis-int8"])["median"] / naive_med, 3.0, "x")
+            limit = _fp32_limit(arch, opts.out)
+            if limit is not None and 3 * naive_med > limit:
+                r.note(
+                    f"{arch}: 3x the naive consumer would be {3 * naive_med:.1f} images/s, above this CPU's fp32 limit of {limit:.1f} images/s "
+                    f"(roofline: matmul peak / FLOPs per image); the naive consumer is already compute-bound, so in fp32 no runtime can reach 3x here, "
+                    "and the int8 variant is the route"
+                )
     r.note(
         "score agreement (max |aigis - naive| per image) is not zero because aigis decodes JPEGs in draft mode (DCT-domain downscale) "
         "when the bundle allows it; open_clip decodes every pixel"
+    )
+    r.note(
+        "PyTorch's OpenMP threads slow down sharply when another process takes one of the two cores (see the spread of the torch rows "
+        "in the backbone table): on a shared machine the naive consumer's rate varies several-fold between runs"
     )
     return r.finish()
 
@@ -473,7 +528,7 @@ def run_latency(opts: Options) -> BenchResult:
     r.note("latency = verdict record timestamp (the worker's produce call) - the time the upload was handed to the producer; both clocks are this machine's")
     r.note(
         "capacity = verdicts/s the worker sustains while the load generator runs on the same machine (offered 1.5x the backlog rate); "
-        "on 2 cores the generator's CPU is taken from the worker, so this is lower than the pre-published backlog rate, which is reported beside it"
+        "on 2 cores the generator's CPU is taken from the worker, so this is lower than the rate on a burst published in advance, which is reported beside it"
     )
     with dev_servers() as servers, tempfile.TemporaryDirectory(prefix="aigis-bench-") as tmp:
         boot = servers.bootstrap_servers
@@ -482,10 +537,12 @@ def run_latency(opts: Options) -> BenchResult:
             n_cap = opts.stream_images[arch]
             cap_images = unique_jpegs(n_cap, seed=_arch_seed(arch) + 2)
             topics = Topics.fresh(boot)
-            keys = [f"cap-{i}" for i in range(n_cap)]
-            publish(boot, topics.uploads, [(k.encode(), v) for k, v in zip(keys, cap_images, strict=True)])
-            print(f"  {arch}: backlog rate on {n_cap} pre-published images ...", flush=True)
-            backlog = run_worker_once(r, opts, boot, topics, bundle, set(keys), Path(tmp) / f"cap-{arch}.log", 120 + n_cap * 2.0)["rate"]
+            items = [(f"cap-{i}".encode(), v) for i, v in enumerate(cap_images)]
+            print(f"  {arch}: backlog rate on {n_cap} images ...", flush=True)
+            log = Path(tmp) / f"cap-{arch}.log"
+            backlog = run_worker_once(r, opts, boot, topics, bundle, items, log, 120 + n_cap * 2.0, warmup_items(arch, "cap"))["rate"]
+            if not backlog > 0:
+                raise RuntimeError(f"could not measure {arch}'s backlog rate from {n_cap} images; give it more (--stream-images)")
             r.config.setdefault("backlog_images_per_s", {})[arch] = backlog
             pool = unique_jpegs(32, seed=_arch_seed(arch) + 3)
 
@@ -515,6 +572,8 @@ def run_latency(opts: Options) -> BenchResult:
                         print(f"  {arch}: capacity under a live producer (offered {1.5 * backlog:.1f}/s) ...", flush=True)
                         _, got = _latency_point(boot, collector, worker, t.uploads, pool, "sat", 1.5 * backlog, opts.latency_seconds)
                         capacity = got["rate"]
+                        if not capacity > 0:
+                            raise RuntimeError(f"could not measure {arch}'s capacity (rate {capacity}); give it more images or seconds")
                         r.config.setdefault("capacity_images_per_s", {})[arch] = capacity
                         r.config.setdefault("capacity_measured_with_max_wait_ms", wait)
                         print(f"  {arch}: backlog {backlog:.1f}/s, capacity with live producer {capacity:.1f}/s", flush=True)
