@@ -30,11 +30,29 @@ def publish_located(bootstrap: str, topic: str, records: list) -> dict[str, tupl
     return out
 
 
+def read_everything(reader: OutputReader) -> None:
+    """Poll the output topics until two polls in a row bring nothing new."""
+    quiet = 0
+    while quiet < 2:
+        before = len(reader.verdicts) + len(reader.dead)
+        reader.poll(500)
+        quiet = quiet + 1 if len(reader.verdicts) + len(reader.dead) == before else 0
+
+
 def test_sigterm_drains_in_flight_work_commits_it_and_exits(servers, tiny_bundle: Path, tmp_path: Path) -> None:
     topics = Topics.fresh(servers.bootstrap_servers, partitions=3)
     records = raw_records("drain", unique_jpegs(150, seed=2))
     where = publish_located(servers.bootstrap_servers, topics.uploads, records)
-    env = worker_env(servers, topics, tiny_bundle, AIGIS_MAX_BATCH="4", AIGIS_MAX_WAIT_MS="5", AIGIS_REDIS_URL="", AIGIS_SHUTDOWN_GRACE_S="20")
+    env = worker_env(
+        servers,
+        topics,
+        tiny_bundle,
+        AIGIS_MAX_BATCH="4",
+        AIGIS_MAX_WAIT_MS="5",
+        AIGIS_REDIS_URL="",
+        AIGIS_SHUTDOWN_GRACE_S="20",
+        AIGIS_TEST_INFER_DELAY_MS="30",
+    )
     log = tmp_path / "worker.log"
     reader = OutputReader(servers.bootstrap_servers, topics)
     proc = start_worker(env, log)
@@ -47,7 +65,7 @@ def test_sigterm_drains_in_flight_work_commits_it_and_exits(servers, tiny_bundle
         wait_until(flowing, 90, "verdicts to flow")
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(40) == 0, log.read_text()[-3000:]
-        reader.poll(1000)
+        read_everything(reader)
         emitted = reader.ids()
         assert len(emitted) < len(records), "the stream finished before SIGTERM; nothing was in flight"
 
