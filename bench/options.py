@@ -21,6 +21,10 @@ class Options:
     stream_archs: list[str] = field(default_factory=lambda: ["aigis-tiny", "ViT-B-16"])
     #: images per streaming run, per arch (tiny is fast, ViT-B-16 ~5 img/s on 2 cores)
     stream_images: dict[str, int] = field(default_factory=lambda: {"aigis-tiny": 2048, "ViT-B-16": 160, "ViT-L-14": 48})
+    #: one streaming run per entry, each changing worker settings from their defaults (benchmark 3)
+    stream_sweep: list[dict[str, str]] = field(
+        default_factory=lambda: [{"intra_op_threads": "1"}, {"decode_threads": "1"}, {"decode_threads": "3"}, {"max_batch": "8"}]
+    )
     cache_messages: int = 12_000
     latency_seconds: float = 30.0
     latency_waits_ms: list[int] = field(default_factory=lambda: [5, 50])
@@ -44,6 +48,7 @@ class Options:
             scaling_batches=[1, 4],
             stream_archs=["aigis-tiny"],
             stream_images={"aigis-tiny": 192, "ViT-B-16": 24, "ViT-L-14": 8},
+            stream_sweep=[],
             cache_messages=2000,
             latency_seconds=6.0,
             decode_threads=[1, 2],

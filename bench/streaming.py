@@ -174,6 +174,17 @@ def run_streaming(opts: Options) -> BenchResult:
             r.add(arch=arch, mode="streaming (python -m worker)", images=n, images_per_s=st, middle80_rate=summarize(middle)["median"], ratio_to_offline=ratio)
             print(f"  {arch}: offline {off['median']:.1f} img/s, streaming {st['median']:.1f} img/s, ratio {ratio:.2f}", flush=True)
             r.target(f"streaming / offline ({arch})", ">= 0.9", ratio, 0.9)
+            for settings in opts.stream_sweep:
+                label = ", ".join(f"AIGIS_{k.upper()}={v}" for k, v in settings.items())
+                print(f"  {arch}: streaming with {label} ...", flush=True)
+                topics = Topics.fresh(servers.bootstrap_servers)
+                items = [(f"{arch}-sweep-{label}-{i}".encode(), v) for i, v in enumerate(images)]
+                log = Path(tmp) / f"worker-{arch}-sweep.log"
+                res = run_worker_once(r, opts, servers.bootstrap_servers, topics, bundle, items, log, 120 + n * 2.0, warmup_items(arch, "sweep"), **settings)
+                r.add(arch=arch, mode=f"streaming, {label}", images=n, images_per_s=summarize([res["rate"]]), ratio_to_offline=res["rate"] / off["median"])
+                print(f"  {arch}: {label}: {res['rate']:.1f} img/s ({res['rate'] / off['median']:.2f} of offline)", flush=True)
+    if opts.stream_sweep:
+        r.note("rows 'streaming, AIGIS_...' change one worker setting from its default (one run each), to show what thread counts and batch sizes do here")
     return r.finish()
 
 
