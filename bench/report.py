@@ -102,7 +102,12 @@ def _backbone(d: dict[str, Any]) -> str:
         tail = "\n\nFusions found by ONNX Runtime's transformer optimiser: " + "; ".join(
             f"{k}: {', '.join(f'{op} {n}' for op, n in sorted(ops.items()))}" for k, ops in fused.items()
         )
-    return head + "\n\n" + table(["backend", "precision", *[f"batch {b}" for b in batches], "cosine vs fp32 (min)", "best vs PyTorch"], rows) + tail
+    return (
+        head
+        + "\n\n"
+        + table(["backend", "precision", *[f"batch {b}" for b in batches], "cosine vs fp32 (min)", "vs PyTorch, same batch (at its best batch)"], rows)
+        + tail
+    )
 
 
 def _decode(d: dict[str, Any]) -> str:
