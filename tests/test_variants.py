@@ -95,3 +95,20 @@ def test_cli_variant_command(tiny_bundle: Path, tmp_path: Path) -> None:
     assert m.backbone.precision == "fp32" and m.fidelity is not None
     assert m.fidelity.transforms == ["fusion:clip"]
     assert m.fidelity.embedding_cosine_min is not None and m.fidelity.embedding_cosine_min > 0.99999
+
+
+def test_fp16_bundle_falls_back_to_cpu_without_crashing(tiny_bundle: Path, tmp_path: Path) -> None:
+    """ORT's CPU NCHWc pass segfaults on fp16 graphs; the worker must disable it (run in a child: a segfault kills it, not pytest)."""
+    import subprocess
+    import sys
+
+    out = tmp_path / "fp16-plain"
+    make_variant(tiny_bundle, out, "fp16", fuse=False, max_images=4)
+    script = (
+        "import numpy as np\nfrom worker.bundle import LoadedBundle\n"
+        f"b = LoadedBundle({str(out)!r}, ['CUDAExecutionProvider', 'CPUExecutionProvider'])\n"
+        "p = b.score(np.zeros((2, 3, 224, 224), np.float32)).probability\n"
+        "assert p.shape == (2,) and np.all((p >= 0) & (p <= 1))\nprint('scored')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0 and "scored" in result.stdout, (result.returncode, result.stderr[-2000:])

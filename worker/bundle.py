@@ -22,6 +22,7 @@ from schemas import BundleManifest, BundleRef, Head
 from worker.onnx_session import OnnxModel
 
 MANIFEST = "manifest.json"
+FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 _EPS = 1e-7
 
 
@@ -107,8 +108,14 @@ class LoadedBundle:
         self.ref = BundleRef(name=self.manifest.name, version=self.manifest.version, sha256=self.sha256)
         bb = self.manifest.backbone
         self.preprocess = bb.preprocess
-        self.backbone = OnnxModel(self.path / bb.file, providers, intra_op_threads, io_binding)
-        self.heads: list[tuple[Head, OnnxModel]] = [(h, OnnxModel(self.path / h.file, providers, intra_op_threads, io_binding)) for h in self.manifest.heads]
+        # ONNX Runtime 1.31's CPU NCHWc layout pass segfaults on fp16 graphs (seen on the
+        # tiny and ViT-B bundles); it only ever helps CPU fp32 convolutions, so fp16
+        # bundles load without it and a CPU fallback stays a slow path, not a crash.
+        disabled = FP16_DISABLED_OPTIMIZERS if bb.precision == "fp16" else ()
+        self.backbone = OnnxModel(self.path / bb.file, providers, intra_op_threads, io_binding, disabled)
+        self.heads: list[tuple[Head, OnnxModel]] = [
+            (h, OnnxModel(self.path / h.file, providers, intra_op_threads, io_binding, disabled)) for h in self.manifest.heads
+        ]
         # The embedding stays on the device between backbone and heads only when every session binds IO on one device.
         self.io_binding = self.backbone.io_binding and all(m.io_binding and m.device == self.backbone.device for _, m in self.heads)
         self.native_crop_size = self.manifest.native_crop_size

@@ -42,7 +42,14 @@ def resolve_providers(requested: Sequence[str]) -> list[str]:
 class OnnxModel:
     """One inference session; ``run`` maps input names to arrays and returns outputs by name."""
 
-    def __init__(self, path: Path, providers: Sequence[str], intra_op_threads: int = 0, io_binding: bool | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        providers: Sequence[str],
+        intra_op_threads: int = 0,
+        io_binding: bool | None = None,
+        disabled_optimizers: Sequence[str] = (),
+    ) -> None:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
@@ -55,7 +62,7 @@ class OnnxModel:
         # for the attempt and report the fallback once, in our own log.
         ort.set_default_logger_severity(4)
         try:
-            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted)
+            self.session = ort.InferenceSession(str(path), sess_options=opts, providers=wanted, disabled_optimizers=list(disabled_optimizers))
         finally:
             ort.set_default_logger_severity(2)
         fell_back = [p for p in wanted if p not in self.session.get_providers()]
