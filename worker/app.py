@@ -469,6 +469,7 @@ class WorkerApp:
             session_timeout_ms=cfg.session_timeout_ms,
             heartbeat_interval_ms=min(cfg.heartbeat_interval_ms, cfg.session_timeout_ms // 3),
             max_poll_interval_ms=cfg.max_poll_interval_ms,
+            fetch_max_wait_ms=cfg.fetch_max_wait_ms,
         )
         listener.consumer = consumer
         self.producer = make_producer(cfg.bootstrap_servers, cfg.max_image_bytes, cfg.client_id)

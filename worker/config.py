@@ -49,6 +49,9 @@ class WorkerConfig(BaseModel):
     topic_partitions: int = _f(6, "Partitions for topics created by --create-topics.", "kafka", ge=1)
     session_timeout_ms: int = _f(10_000, "Consumer group session timeout: how soon a dead worker's partitions move.", "kafka", ge=500)
     heartbeat_interval_ms: int = _f(3_000, "Consumer heartbeat interval (keep below a third of the session timeout).", "kafka", ge=100)
+    fetch_max_wait_ms: int = _f(
+        25, "Longest the broker holds a fetch open waiting for data; kafka-python's 500 ms default adds that much latency at low load.", "kafka", ge=0
+    )
     max_poll_interval_ms: int = _f(300_000, "Longest gap between polls before the group evicts this worker.", "kafka", ge=1000)
     auto_offset_reset: str = _f("earliest", "Where a new consumer group starts: earliest or latest.", "kafka", pattern="^(earliest|latest)$")
     # Model
