@@ -145,7 +145,29 @@ def _decode(d: dict[str, Any]) -> str:
 
 def _streaming(d: dict[str, Any]) -> str:
     rows = [(r["arch"], r["mode"], r["images"], spread(r["images_per_s"]), f(r["ratio_to_offline"])) for r in d["rows"]]
-    return table(["bundle", "mode", "images", "images/s", "ratio to offline"], rows)
+    return table(["bundle", "mode", "images", "images/s", "ratio to offline"], rows) + _tuning(d["rows"])
+
+
+def _tuning(rows: Sequence[dict[str, Any]]) -> str:
+    """One generated sentence per bundle: which single-setting change helped most, from the sweep rows."""
+    lines = []
+    for arch in dict.fromkeys(r["arch"] for r in rows):
+        default = next((r for r in rows if r["arch"] == arch and r["mode"].startswith("streaming (")), None)
+        sweeps = [r for r in rows if r["arch"] == arch and r["mode"].startswith("streaming, ")]
+        if default is None or not sweeps:
+            continue
+        best = max(sweeps, key=lambda r: r["ratio_to_offline"])
+        setting = best["mode"].removeprefix("streaming, ")
+        if best["ratio_to_offline"] > default["ratio_to_offline"]:
+            lines.append(f"{arch}: `{setting}` lifts streaming from {f(default['ratio_to_offline'])} to {f(best['ratio_to_offline'])} of offline")
+        else:
+            lines.append(f"{arch}: the defaults are best of the settings tried ({f(default['ratio_to_offline'])} of offline)")
+    if not lines:
+        return ""
+    return (
+        "\n\n**Tuning, from the sweep rows above:** " + "; ".join(lines) + ". On few cores a small backbone is decode-bound (give the decoder the"
+        " core ONNX Runtime would take), a large one inference-bound (keep ORT's threads); on a GPU node neither competes."
+    )
 
 
 def _baseline(d: dict[str, Any]) -> str:
