@@ -39,24 +39,10 @@ def ensure_bundle(arch: str) -> Path:
             return out
         except BundleError:
             pass
-    from export.bundle import HeadSpec, uncalibrated, write_bundle
-    from export.clip import load_encoder
-    from export.heads.linear_probe import LinearProbe
+    from export.bundle import write_placeholder_bundle
 
     print(f"  building {arch} bundle (random weights) in {out} ...", flush=True)
-    encoder, preprocess, dim = load_encoder(arch, None, seed=0)
-    write_bundle(
-        out,
-        encoder=encoder,
-        preprocess=preprocess,
-        embed_dim=dim,
-        architecture=arch,
-        pretrained=None,
-        heads=[HeadSpec("linear-probe", LinearProbe(dim=dim), trained=False)],
-        calibration=uncalibrated(),
-        name=f"bench-{arch}",
-        notes=["benchmark bundle: random weights, untrained head; for speed only"],
-    )
+    write_placeholder_bundle(out, arch, name=f"bench-{arch}", seed=0, note="benchmark bundle: random weights, untrained head; for speed only")
     return out
 
 

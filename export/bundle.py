@@ -142,3 +142,38 @@ def write_bundle(
 def uncalibrated() -> Calibration:
     """Placeholder operating point for heads never fit to data: 0.5, no band, flagged."""
     return Calibration(threshold=0.5, uncertain_low=0.5, uncertain_high=0.5, target_fpr=None, calibrated=False)
+
+
+def write_placeholder_bundle(
+    out: Path,
+    architecture: str,
+    pretrained: str | None = None,
+    *,
+    name: str = "aigis",
+    version: str = "0.1.0",
+    seed: int = 0,
+    note: str = "head is untrained (random weights): scores carry no meaning",
+) -> BundleManifest:
+    """A bundle with an untrained linear probe: for tests, speed benchmarks and plumbing checks.
+
+    Same export path as a trained bundle (parity, sha256 pins); the manifest says
+    ``trained: false`` and ``calibrated: false`` so no one mistakes its labels
+    for a detection result.
+    """
+    from export.clip import load_encoder
+    from export.heads.linear_probe import LinearProbe
+
+    encoder, preprocess, dim = load_encoder(architecture, pretrained, seed=seed)
+    return write_bundle(
+        out,
+        encoder=encoder,
+        preprocess=preprocess,
+        embed_dim=dim,
+        architecture=architecture,
+        pretrained=pretrained,
+        heads=[HeadSpec("linear-probe", LinearProbe(dim=dim, seed=seed), {"data": None}, trained=False)],
+        calibration=uncalibrated(),
+        name=name,
+        version=version,
+        notes=[note],
+    )

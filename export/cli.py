@@ -52,31 +52,14 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             print(f"note: {note}")
         return 0
 
-    from export.bundle import HeadSpec, uncalibrated, write_bundle
-    from export.clip import DEFAULT_ARCH, load_encoder
+    from export.bundle import write_placeholder_bundle
+    from export.clip import DEFAULT_ARCH
 
-    arch = args.arch or DEFAULT_ARCH
-    encoder, preprocess, dim = load_encoder(arch, args.pretrained, seed=args.seed)
-    specs = []
-    for method_name in args.method:
-        cls = head_registry.get(method_name)
-        if method_name != "linear-probe":
-            raise SystemExit(f"--data is required to build a {method_name} head (only linear-probe has an untrained placeholder)")
-        method = cls(dim=dim, seed=args.seed)
-        specs.append(HeadSpec(method_name, method, {"data": None}, trained=False))
-    manifest = write_bundle(
-        args.out,
-        encoder=encoder,
-        preprocess=preprocess,
-        embed_dim=dim,
-        architecture=arch,
-        pretrained=args.pretrained,
-        heads=specs,
-        calibration=uncalibrated(),
-        name=args.name,
-        version=args.version,
-        notes=["head is untrained (random weights): scores carry no meaning"],
-    )
+    unknown = [m for m in args.method if m != "linear-probe"]
+    if unknown:
+        head_registry.get(unknown[0])  # a clear error for a misspelt method first
+        raise SystemExit(f"--data is required to build a {unknown[0]} head (only linear-probe has an untrained placeholder)")
+    manifest = write_placeholder_bundle(args.out, args.arch or DEFAULT_ARCH, args.pretrained, name=args.name, version=args.version, seed=args.seed)
     print(f"wrote bundle {args.out} ({manifest.backbone.architecture}, heads: {', '.join(h.name for h in manifest.heads)})")
     print(f"parity: backbone {manifest.parity.backbone_max_abs_diff:.2e}, heads {manifest.parity.head_max_abs_diff}" if manifest.parity else "")
     return 0

@@ -26,23 +26,11 @@ def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServers]:
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A bundle on the project's tiny open_clip config with an untrained linear probe."""
-    from export.bundle import HeadSpec, uncalibrated, write_bundle
-    from export.clip import TINY, load_encoder
-    from export.heads.linear_probe import LinearProbe
+    from export.bundle import write_placeholder_bundle
+    from export.clip import TINY
 
     out = tmp_path_factory.mktemp("bundle-tiny")
-    encoder, preprocess, dim = load_encoder(TINY, None, seed=0)
-    write_bundle(
-        out,
-        encoder=encoder,
-        preprocess=preprocess,
-        embed_dim=dim,
-        architecture=TINY,
-        pretrained=None,
-        heads=[HeadSpec("linear-probe", LinearProbe(dim=dim), trained=False)],
-        calibration=uncalibrated(),
-        name="test-tiny",
-    )
+    write_placeholder_bundle(out, TINY, name="test-tiny", seed=0)
     return out
 
 
