@@ -40,6 +40,8 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             embeddings_dir=args.embeddings,
             name=args.name,
             version=args.version,
+            save_heads=args.save_heads,
+            load_heads=args.head,
         )
         cal = manifest.calibration
         v = cal.validation
@@ -54,6 +56,9 @@ def cmd_bundle(args: argparse.Namespace) -> int:
 
     from export.bundle import write_placeholder_bundle
     from export.clip import DEFAULT_ARCH
+
+    if args.head:
+        raise SystemExit("--head needs --data: a loaded head is calibrated and validated on that data's validation split")
 
     unknown = [m for m in args.method if m != "linear-probe"]
     if unknown:
@@ -124,6 +129,22 @@ def build_parser() -> argparse.ArgumentParser:
         help="Train the heads on this: an image dataset in UniversalFakeDetect layout (embedded on the fly, cached) or an embedding directory "
         "from `python -m export embed`. Without it only an untrained linear-probe placeholder can be built.",
     )
+    b.add_argument(
+        "--head",
+        type=Path,
+        action="append",
+        default=None,
+        metavar="CHECKPOINT",
+        help="Use a head fitted earlier (a file from --save-heads) instead of training it; repeatable, and combinable with --method for an ensemble. "
+        "Still calibrated on --data's validation split. Checkpoints are pickles: load only ones you made.",
+    )
+    b.add_argument(
+        "--save-heads",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="Keep every head fitted by this run as DIR/<head>.pt, for --head later (re-calibrate, re-export or ensemble without retraining).",
+    )
     b.add_argument("--profile", default="paper", help="Hyper-parameter profile: paper (the papers' values, default) or small-data (a few hundred images).")
     b.add_argument(
         "--set", action="append", default=None, metavar="METHOD.FIELD=VALUE", help="Override one hyper-parameter, e.g. gendet.margin=1.5 (repeatable)."
@@ -182,8 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if getattr(args, "method", None) is None and args.command == "bundle":
-        args.method = ["linear-probe"]
+    if args.command == "bundle" and args.method is None:
+        args.method = [] if args.head else ["linear-probe"]
     return args.func(args)
 
 

@@ -17,6 +17,12 @@
 5. Export backbone + heads with parity checks and write the manifest: method,
    hyper-parameters, data summary, fit summary, threshold, band, validation
    metrics.
+
+``--save-heads DIR`` keeps every fitted head as a checkpoint
+(:mod:`export.heads.checkpoint`); ``--head FILE`` loads one instead of
+training it (step 3 skipped for that head; it is still calibrated and
+validated on this run's validation split, so re-calibrating for another
+target FPR or assembling an ensemble needs no retraining).
 """
 
 from __future__ import annotations
@@ -156,10 +162,13 @@ def train_bundle(
     name: str = "aigis",
     version: str = "0.1.0",
     progress: bool = True,
+    save_heads: Path | None = None,
+    load_heads: list[Path] | None = None,
 ) -> BundleManifest:
     from export.bundle import HeadSpec, write_bundle
     from export.clip import DEFAULT_ARCH, load_encoder
     from export.embed import encoder_fingerprint, is_embedding_dir
+    from export.heads.checkpoint import load_head, save_head
     from worker.bundle import fuse_log_odds
 
     overrides = overrides or {}
@@ -167,8 +176,11 @@ def train_bundle(
     if unknown:
         raise SystemExit(f"--set names unknown methods {unknown}; known: {', '.join(head_registry.names())}")
     built = [make_method(m, profile, overrides, seed) for m in methods]
-    needs_views = any(m.name == "ntf" for m in built)
-    crops = [m.crop_size for m in built if "native_crop" in m.inputs and m.crop_size]
+    loaded = {path: load_head(path) for path in load_heads or []}
+    if not built and not loaded:
+        raise SystemExit("nothing to put in the bundle: give --method or --head")
+    needs_views = any(m.name == "ntf" for m in built)  # views are for training only; a loaded NTF head needs none
+    crops = [m.crop_size for m in [*built, *loaded.values()] if "native_crop" in m.inputs and m.crop_size]
     if len(set(crops)) > 1:
         raise SystemExit(f"freq heads in one bundle must share a crop size (the worker feeds one native crop), got {sorted(set(crops))}")
     native = crops[0] if crops else None
@@ -196,8 +208,16 @@ def train_bundle(
         embeddings_dir=embeddings_dir,
         progress=progress,
     )
-    if td.meta["encoder_sha256"] != encoder_fingerprint(encoder):
+    fingerprint = encoder_fingerprint(encoder)
+    if td.meta["encoder_sha256"] != fingerprint:
         raise SystemExit(f"embeddings in {td.embeddings_dir} come from different encoder weights than {arch} ({pretrained or 'random, seed ' + str(seed)})")
+    for path, head in loaded.items():
+        if head.context["encoder_sha256"] != fingerprint or head.context["embed_dim"] != dim:
+            raise SystemExit(
+                f"head checkpoint {path} was trained on embeddings of another encoder "
+                f"({head.context.get('arch')}, {head.context.get('pretrained') or 'random weights'}, {head.context['embed_dim']}-d) "
+                f"than this bundle's {arch} ({pretrained or 'random, seed ' + str(seed)}, {dim}-d)"
+            )
 
     ds = td.data
     present = set(ds.generators)
@@ -221,30 +241,52 @@ def train_bundle(
     }
 
     specs: list[HeadSpec] = []
+    notes_loaded: list[str] = []
     val_probs: list[np.ndarray] = []
     per_head: dict[str, dict[str, Any]] = {}
     names_used: dict[str, int] = {}
-    for method in built:
+    context = {"encoder_sha256": fingerprint, "embed_dim": dim, "arch": arch, "pretrained": pretrained, "profile": profile, "data": data_summary}
+    for method in [*built, *loaded.values()]:
         names_used[method.name] = names_used.get(method.name, 0) + 1
         head_name = method.name if names_used[method.name] == 1 else f"{method.name}-{names_used[method.name]}"
-        if progress:
-            print(f"[bundle] fitting {head_name} on {len(train)} embeddings ({int((train.labels == 0).sum())} real, {int((train.labels == 1).sum())} fake)")
-        report = method.fit(train, val, progress=progress)
+        source = next((path for path, head in loaded.items() if head is method), None)
+        if source is None:
+            if progress:
+                print(f"[bundle] fitting {head_name} on {len(train)} embeddings ({int((train.labels == 0).sum())} real, {int((train.labels == 1).sum())} fake)")
+            report = method.fit(train, val, progress=progress)
+            if save_heads is not None:
+                saved = save_head(method, report, save_heads / f"{head_name}.pt", context)
+                if progress:
+                    print(f"[bundle] saved fitted {head_name} to {saved}")
+            head_profile, head_data = profile, data_summary
+        else:
+            report = method.fit_report  # type: ignore[attr-defined]
+            head_profile, head_data = method.context["profile"], method.context["data"]  # type: ignore[attr-defined]
+            if progress:
+                print(f"[bundle] loaded fitted {head_name} from {source} (not retrained)")
+            if (head_data["embeddings"], head_data["split"]) != (data_summary["embeddings"], data_summary["split"]):
+                notes_loaded.append(
+                    f"{head_name} was loaded from {source}, trained on {head_data['embeddings']} ({head_data['split']}); "
+                    f"it is validated and calibrated here on {data_summary['embeddings']}: make sure those images were not in its training set"
+                )
         p = method.predict_proba(val)
         val_probs.append(p)
         per_head[head_name] = {"roc_auc": roc_auc(p, val.labels), "average_precision": average_precision(p, val.labels)}
         training = {
-            "profile": profile,
-            "data": data_summary,
+            "profile": head_profile,
+            "data": head_data,
             "fit": {"epochs": report.epochs, "final_loss": report.final_loss, "notes": report.notes, "history_tail": report.history[-5:]},
             "validation": per_head[head_name],
         }
+        if source is not None:
+            training["loaded_from"] = str(source)
+            training["calibration_data"] = data_summary
         specs.append(HeadSpec(head_name, method, training))
 
     fused = val_probs[0] if len(val_probs) == 1 else fuse_log_odds(val_probs, [s.weight for s in specs])
     cal, cal_notes = calibrate(fused, val.labels, target_fpr, band_factor)
     metrics = {"validation": cal.validation, "validation_per_head": per_head, "data": data_summary}
-    notes = [*cal_notes]
+    notes = [*cal_notes, *notes_loaded]
     if len(specs) > 1:
         notes.append(f"ensemble of {len(specs)} heads fused as the weighted mean of log-odds; the calibration is of the fused score")
     manifest = write_bundle(

@@ -48,8 +48,18 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     bundles = {}
     for name in heads.names():
         bundles[name] = root / "bundles" / name
-        train_bundle(bundles[name], data=root / "emb", methods=[name], arch=TINY, pretrained=None, profile="small-data", overrides=FASTER, progress=False)
-    return {"root": root, "train": root / "data" / "train", "test": root / "data" / "test", "emb": root / "emb", **bundles}
+        train_bundle(
+            bundles[name],
+            data=root / "emb",
+            methods=[name],
+            arch=TINY,
+            pretrained=None,
+            profile="small-data",
+            overrides=FASTER,
+            progress=False,
+            save_heads=root / "heads",
+        )
+    return {"root": root, "heads": root / "heads", "train": root / "data" / "train", "test": root / "data" / "test", "emb": root / "emb", **bundles}
 
 
 def test_every_method_scores_held_out_images_better_than_chance(bench: dict[str, Path]) -> None:
@@ -139,3 +149,48 @@ def test_cli_ensemble_bundle_and_eval_report_with_robustness(bench: dict[str, Pa
     assert "| ensemble |" in md and "**Robustness**" in md and "oracle acc†" in md
     text = readme.read_text()
     assert text.startswith("before\n") and text.endswith("after\n") and "\nold\n" not in text and "| gendet |" in text
+
+
+def test_saved_heads_load_into_a_new_bundle_without_retraining(bench: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """--save-heads then --head: every method round-trips; the rebuilt head scores exactly as the original; re-calibration works."""
+    assert sorted(p.stem for p in bench["heads"].glob("*.pt")) == heads.names()
+    emb = np.random.default_rng(0).standard_normal((5, 64)).astype(np.float32)
+    crops = np.random.default_rng(1).random((5, 3, 64, 64)).astype(np.float32)
+    for name in heads.names():
+        out = tmp_path / name
+        rc = main(["bundle", str(out), "--data", str(bench["emb"]), "--head", str(bench["heads"] / f"{name}.pt"), "--target-fpr", "0.05"])
+        assert rc == 0
+        assert f"loaded fitted {name}" in capsys.readouterr().out
+        original, rebuilt = LoadedBundle(bench[name]), LoadedBundle(out)
+        head = rebuilt.manifest.heads[0]
+        assert head.method == name and head.training["loaded_from"].endswith(f"{name}.pt")
+        assert head.hyperparameters == original.manifest.heads[0].hyperparameters
+        assert rebuilt.manifest.calibration.target_fpr == 0.05
+        native = crops if original.native_crop_size else None
+        a, b = original.score_embeddings(emb, native), rebuilt.score_embeddings(emb, native)
+        np.testing.assert_allclose(b.probability, a.probability, atol=1e-6)
+
+
+def test_loaded_head_joins_a_trained_one_in_an_ensemble_and_refuses_another_encoder(bench: dict[str, Path], tmp_path: Path) -> None:
+    import torch
+
+    from export.heads.checkpoint import load_head
+
+    out = tmp_path / "mixed"
+    main(["bundle", str(out), "--data", str(bench["emb"]), "--method", "linear-probe", "--head", str(bench["heads"] / "gendet.pt"), "--profile", "small-data"])
+    manifest = LoadedBundle(out).manifest
+    assert [h.method for h in manifest.heads] == ["linear-probe", "gendet"]
+    assert "loaded_from" not in manifest.heads[0].training and "loaded_from" in manifest.heads[1].training
+    with pytest.raises(RuntimeError, match="already fitted"):
+        load_head(bench["heads"] / "gendet.pt").fit(None)  # type: ignore[arg-type]
+
+    payload = torch.load(bench["heads"] / "knn.pt", weights_only=False)
+    payload["context"]["encoder_sha256"] = "0" * 64
+    torch.save(payload, tmp_path / "other.pt")
+    with pytest.raises(SystemExit, match="another encoder"):
+        main(["bundle", str(tmp_path / "x"), "--data", str(bench["emb"]), "--head", str(tmp_path / "other.pt")])
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match="not a readable head checkpoint"):
+        main(["bundle", str(tmp_path / "y"), "--data", str(bench["emb"]), "--head", str(tmp_path / "junk.pt")])
+    with pytest.raises(SystemExit, match="--head needs --data"):
+        main(["bundle", str(tmp_path / "z"), "--head", str(bench["heads"] / "knn.pt")])
