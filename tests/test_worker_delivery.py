@@ -139,3 +139,41 @@ def test_workers_joining_and_leaving_mid_stream_emit_no_stale_records(servers, t
     assert committed_offsets(servers.bootstrap_servers, topics.group, topics.uploads) == {
         p: max(off for q, off in where.values() if q == p) + 1 for p in {q for q, _ in where.values()}
     }
+
+
+def test_a_crashing_stage_stops_the_worker_with_exit_2_and_loses_nothing(servers, tiny_bundle: Path, tmp_path: Path) -> None:
+    """A bug in a pipeline stage (injected: AIGIS_TEST_CRASH_KEY) is not swallowed: exit code 2, nothing past it committed.
+
+    The orchestrator restarts the worker; the replacement scores everything that
+    was not committed, the crashing record included, so every upload still gets
+    a verdict.
+    """
+    topics = Topics.fresh(servers.bootstrap_servers, partitions=2)
+    records = raw_records("crash", unique_jpegs(40, seed=5))
+    where = publish_located(servers.bootstrap_servers, topics.uploads, records)
+    env = worker_env(servers, topics, tiny_bundle, AIGIS_MAX_BATCH="4", AIGIS_MAX_WAIT_MS="5", AIGIS_REDIS_URL="")
+    first = start_worker({**env, "AIGIS_TEST_CRASH_KEY": "crash-25"}, tmp_path / "worker-1.log")
+    second = None
+    reader = OutputReader(servers.bootstrap_servers, topics)
+    try:
+        assert first.wait(90) == 2, "a crashed stage must end the process with exit code 2"
+        events = log_events(tmp_path / "worker-1.log")
+        assert any(e.get("event") == "stage_crashed" and e.get("stage") == "infer" for e in events), [e.get("event") for e in events][-10:]
+        assert next(e for e in events if e.get("event") == "worker_stopped")["exit_code"] == 2
+        crash_partition, crash_offset = where["crash-25"]
+        committed = committed_offsets(servers.bootstrap_servers, topics.group, topics.uploads)
+        assert committed.get(crash_partition, 0) <= crash_offset, "the record whose batch crashed was committed without an outcome"
+
+        second = start_worker(env, tmp_path / "worker-2.log")
+        missing = reader.wait_for_ids(set(where), 90, second)
+        assert missing == set(), f"{len(missing)} uploads lost across the crash, e.g. {sorted(missing)[:5]}"
+        assert stop(second) == 0
+        read_everything(reader)
+    finally:
+        for p in (first, second):
+            if p is not None:
+                stop(p)
+        reader.close()
+    seen = [d["upload_id"] for d in reader.verdicts]
+    print(f"\nstage crash: exit 2, committed before the crash {committed}; {len(seen)} verdicts for {len(where)} uploads after the restart")
+    assert set(seen) == set(where) and not reader.dead

@@ -308,7 +308,7 @@ class BatchProcessor:
 
     # -- the batch, second half: inference, shadow, cache write, events -------------------
     def finish_batch(self, pb: PreparedBatch) -> list[Outcome]:
-        faults.maybe_stall(r.key for r in pb.records)
+        faults.inject(r.key for r in pb.records)
         ready, misses = pb.ready, pb.misses
         if ready:
             t0 = time.perf_counter()
