@@ -24,20 +24,24 @@ from schemas import BundleManifest
 from worker.devservers import DevServers, free_port, start_broker, start_redis
 
 
-@pytest.fixture
-def own_servers(tmp_path: Path) -> Iterator[DevServers]:
-    """A broker and a redis-server that only this test uses (and may kill)."""
-    wd = tmp_path / "servers"
+def _private_servers(wd: Path, storage: str = "memory://tansu/", broker_env: dict[str, str] | None = None) -> Iterator[DevServers]:
+    """Start a broker (with ``storage``) and a redis-server in ``wd``; stop both afterwards."""
     wd.mkdir()
-    servers = DevServers("", "", wd)
+    servers = DevServers("", "", wd, broker_storage=storage, broker_env=broker_env or {})
     try:
-        proc, servers.bootstrap_servers = start_broker(wd)
+        proc, servers.bootstrap_servers = start_broker(wd, storage=storage, env=servers.broker_env)
         servers.processes.append(proc)
         proc, servers.redis_url = start_redis(wd)
         servers.processes.append(proc)
         yield servers
     finally:
         servers.stop()
+
+
+@pytest.fixture
+def own_servers(tmp_path: Path) -> Iterator[DevServers]:
+    """A broker and a redis-server that only this test uses (and may kill)."""
+    yield from _private_servers(tmp_path / "servers")
 
 
 @pytest.fixture
@@ -50,23 +54,22 @@ def durable_servers(tmp_path: Path) -> Iterator[DevServers]:
     """
     from moto.server import ThreadedMotoServer
 
-    wd = tmp_path / "servers"
-    wd.mkdir()
     s3_port = free_port()
     s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
     s3.start()
-    endpoint = f"http://127.0.0.1:{s3_port}"
-    urllib.request.urlopen(urllib.request.Request(f"{endpoint}/tansu", method="PUT"), timeout=10).close()  # create the bucket
-    creds = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1"}
-    servers = DevServers("", "", wd, broker_storage="s3://tansu/", broker_env={**creds, "AWS_ENDPOINT": endpoint, "AWS_ALLOW_HTTP": "true"})
     try:
-        proc, servers.bootstrap_servers = start_broker(wd, storage=servers.broker_storage, env=servers.broker_env)
-        servers.processes.append(proc)
-        proc, servers.redis_url = start_redis(wd)
-        servers.processes.append(proc)
-        yield servers
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/tansu", method="PUT"), timeout=10).close()  # create the bucket
+        env = {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT": endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+        yield from _private_servers(tmp_path / "servers", "s3://tansu/", env)
     finally:
-        servers.stop()
         s3.stop()
 
 
