@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from worker.bundle import MANIFEST, BundleError, LoadedBundle
+from worker.model.bundle import MANIFEST, BundleError, LoadedBundle
 
 #: Where built bundles and generated images are kept between runs (AIGIS_BENCH_CACHE overrides, e.g. for tests).
 CACHE = Path(os.environ.get("AIGIS_BENCH_CACHE") or Path(__file__).resolve().parents[1] / ".aigis" / "bench")
@@ -143,6 +143,6 @@ def large_photo(width: int = 4032, height: int = 3024, seed: int = 0) -> Image.I
 
 def pixels_for(bundle: LoadedBundle, n: int, seed: int = 0) -> np.ndarray:
     """``n`` preprocessed real-photo crops, (n, 3, S, S) float32, through the worker's own preprocessing."""
-    from worker.preprocess import clip_input
+    from worker.ingest.preprocess import clip_input
 
     return np.stack([clip_input(v, bundle.preprocess) for v in photo_crops(n, (640, 480), seed)])

@@ -40,8 +40,8 @@ from bench.machine import gpus
 from bench.options import Options
 from bench.results import BenchResult, load_results
 from bench.stats import summarize
-from worker.bundle import LoadedBundle
-from worker.onnx_session import OnnxModel
+from worker.model.bundle import LoadedBundle
+from worker.model.sessions import OnnxModel
 
 CPU = "CPUExecutionProvider"
 CUDA = "CUDAExecutionProvider"

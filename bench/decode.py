@@ -1,7 +1,7 @@
 """Benchmark 2: decode + preprocess of large photos, full decode vs Pillow draft mode, by thread count.
 
-The worker's own code is timed (``worker.decode.decode_image`` then
-``worker.preprocess.clip_input``): "full" decodes every pixel then resizes to
+The worker's own code is timed (``worker.ingest.decode.decode_image`` then
+``worker.ingest.preprocess.clip_input``): "full" decodes every pixel then resizes to
 the backbone's input; "draft" lets libjpeg downscale by 1/2..1/8 in the DCT
 domain first (keeping the short side >= the input size), which the worker does
 whenever the bundle allows it (no native-resolution head).
@@ -25,9 +25,9 @@ from bench.artifacts import CACHE, encode_jpeg, ensure_bundle, large_photo
 from bench.options import Options
 from bench.results import BenchResult
 from bench.stats import summarize
-from worker.bundle import LoadedBundle
-from worker.decode import DecodeLimits, decode_image
-from worker.preprocess import clip_input, normalize, resize_and_crop
+from worker.ingest.decode import DecodeLimits, decode_image
+from worker.ingest.preprocess import clip_input, normalize, resize_and_crop
+from worker.model.bundle import LoadedBundle
 
 LIMITS = DecodeLimits(max_bytes=64 * 1024 * 1024, max_pixels=100_000_000)
 SIZES = {"12MP": (4032, 3024), "2MP": (1632, 1224)}

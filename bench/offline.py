@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from worker.bundle import LoadedBundle
+from worker.model.bundle import LoadedBundle
 from worker.score import expand, score_files
 
 

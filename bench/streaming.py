@@ -15,7 +15,7 @@
   and 90 % of the capacity measured in the same run) for two ``--max-wait-ms``.
 
 Every run gets fresh topics; the broker and Redis are started by
-:func:`worker.devservers.dev_servers` (``AIGIS_TEST_KAFKA`` / ``AIGIS_TEST_REDIS``
+:func:`devkit.servers.dev_servers` (``AIGIS_TEST_KAFKA`` / ``AIGIS_TEST_REDIS``
 point at existing ones). Rates come from output record timestamps
 (:func:`bench.stream.steady_rate`).
 """
@@ -53,8 +53,8 @@ from bench.stream import (
     steady_rate,
     worker_env,
 )
+from devkit.servers import dev_servers
 from worker.config import WorkerConfig
-from worker.devservers import dev_servers
 
 PROFILES = CACHE / "profiles"
 #: max-batch of the tuned worker row in the cache benchmark.
@@ -193,7 +193,7 @@ def run_streaming(opts: Options) -> BenchResult:
 
 
 def run_naive_once(bootstrap: str, topics: Topics, arch: str, bundle: Path, keys: set[str], log: Path, timeout_s: float) -> dict[str, Any]:
-    from worker.bundle import read_manifest
+    from worker.model.bundle import read_manifest
 
     manifest, _ = read_manifest(bundle)
     out_topic = f"{topics.verdicts}-naive-{uuid.uuid4().hex[:6]}"

@@ -24,7 +24,7 @@ import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 from PIL import Image, ImageDraw
 
-from worker.kafka_io import ensure_topics, make_producer
+from worker.runtime.clients import ensure_topics, make_producer
 
 
 def made_image(i: int, rng: np.random.Generator) -> bytes:

@@ -21,7 +21,7 @@ from export.clip import ImageEncoder
 from export.heads.base import HeadMethod
 from export.onnx_io import export_module, parity
 from schemas import Backbone, BundleManifest, Calibration, Head, HeadInput, Parity, Preprocess
-from worker.bundle import MANIFEST, BundleError, LoadedBundle, file_sha256
+from worker.model.bundle import MANIFEST, BundleError, LoadedBundle, file_sha256
 
 #: Largest PyTorch-vs-ORT difference accepted at export (embeddings and probabilities).
 PARITY_TOLERANCE = 1e-3

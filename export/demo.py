@@ -29,9 +29,9 @@ import numpy as np
 from kafka import TopicPartition
 from PIL import Image
 
+from devkit.servers import dev_servers
 from export.photos import load_rgb, photo_paths
-from worker.devservers import dev_servers
-from worker.kafka_io import ensure_topics, make_consumer, make_producer
+from worker.runtime.clients import ensure_topics, make_consumer, make_producer
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 TOPICS = ("demo.uploads", "demo.verdicts", "demo.dead-letters")
@@ -125,7 +125,7 @@ def ensure_demo_bundle(workdir: Path) -> Path:
     generators' traces, and says nothing about real generators.
     """
     from export.cli import main as export_main
-    from worker.bundle import BundleError, LoadedBundle
+    from worker.model.bundle import BundleError, LoadedBundle
 
     out = workdir / "bundle"
     try:

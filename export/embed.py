@@ -1,10 +1,10 @@
 """``python -m export embed DATASET OUT``: frozen open_clip embeddings of a dataset, sharded and resumable.
 
 What the heads train on must be what the worker will compute when it serves,
-so every image goes through the worker's own code: :func:`worker.decode.decode_image`
-(EXIF orientation, RGB conversion, limits), :func:`worker.preprocess.clip_input`
+so every image goes through the worker's own code: :func:`worker.ingest.decode.decode_image`
+(EXIF orientation, RGB conversion, limits), :func:`worker.ingest.preprocess.clip_input`
 (open_clip's eval transform in numpy) and, for heads that read pixels,
-:func:`worker.preprocess.native_crop`. Only the encoder itself runs in PyTorch
+:func:`worker.ingest.preprocess.native_crop`. Only the encoder itself runs in PyTorch
 (on the GPU when there is one); ONNX-vs-PyTorch parity is checked at export.
 
 Output directory::
@@ -46,8 +46,8 @@ from export.clip import ImageEncoder, load_encoder
 from export.datasets import Item, list_dataset
 from export.heads.base import EmbeddingSet
 from schemas import Preprocess
-from worker.decode import DecodeLimits, decode_image
-from worker.preprocess import clip_input, native_crop
+from worker.ingest.decode import DecodeLimits, decode_image
+from worker.ingest.preprocess import clip_input, native_crop
 
 FORMAT = 1
 META = "meta.json"

@@ -1,7 +1,7 @@
 """``python -m export eval BUNDLE [BUNDLE...] DATASET``: the papers' evaluation, run by the code that serves.
 
-Every image is scored by the worker's own :class:`~worker.pipeline.BatchProcessor`
-on a :class:`~worker.bundle.LoadedBundle` (decode, preprocessing, ONNX Runtime,
+Every image is scored by the worker's own :class:`~worker.pipeline.batch.BatchProcessor`
+on a :class:`~worker.model.bundle.LoadedBundle` (decode, preprocessing, ONNX Runtime,
 log-odds fusion, threshold policy: exactly what a verdict would say), never by
 the PyTorch modules that were trained.
 
@@ -100,10 +100,10 @@ def score_items(bundle_path: Path, items: Sequence[Item], condition: str, max_ba
     """Score ``items`` (after ``condition``) with the worker's BatchProcessor: the serving path."""
     from tqdm import tqdm
 
-    from worker.bundle import LoadedBundle
     from worker.config import WorkerConfig
-    from worker.pipeline import BatchProcessor
-    from worker.wire import InputRecord
+    from worker.ingest.wire import InputRecord
+    from worker.model.bundle import LoadedBundle
+    from worker.pipeline.batch import BatchProcessor
 
     bundle = LoadedBundle(bundle_path)
     cfg = WorkerConfig(bundle=bundle.path, max_batch=max_batch, decode_threads=threads, redis_url="")
@@ -208,7 +208,7 @@ class BundleResult:
 def evaluate_bundle(
     bundle_path: Path, items: Sequence[Item], conditions: Sequence[str], label: str | None = None, max_batch: int = 64, threads: int = 2, progress: bool = False
 ) -> BundleResult:
-    from worker.bundle import read_manifest
+    from worker.model.bundle import read_manifest
 
     manifest, _ = read_manifest(bundle_path)
     cal = manifest.calibration
@@ -335,7 +335,7 @@ def to_json(results: Sequence[BundleResult], dataset: Path, conditions: Sequence
     return {
         "dataset": str(dataset),
         "conditions": {c: CONDITIONS[c] for c in conditions},
-        "scored_by": "worker.pipeline.BatchProcessor on worker.bundle.LoadedBundle (ONNX Runtime)",
+        "scored_by": "worker.pipeline.batch.BatchProcessor on worker.model.bundle.LoadedBundle (ONNX Runtime)",
         "bundles": [
             {
                 "label": r.label,

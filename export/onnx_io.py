@@ -1,7 +1,7 @@
 """Export PyTorch modules to ONNX and measure PyTorch-vs-ONNX-Runtime parity.
 
 The batch dimension is always dynamic. Parity is measured with the worker's own
-:class:`~worker.onnx_session.OnnxModel` (CPU provider), i.e. with the code that
+:class:`~worker.model.sessions.OnnxModel` (CPU provider), i.e. with the code that
 will serve the graph, not with a second ORT set-up.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from worker.onnx_session import OnnxModel
+from worker.model.sessions import OnnxModel
 
 
 def export_module(

@@ -12,7 +12,7 @@
 4. Calibrate on the validation split: threshold for ``--target-fpr`` and the
    uncertain band (:mod:`export.calibrate`). Several methods make an ensemble
    whose probabilities the worker fuses in log-odds
-   (:func:`worker.bundle.fuse_log_odds`, the same function used here), and the
+   (:func:`worker.model.bundle.fuse_log_odds`, the same function used here), and the
    calibration is of the fused score.
 5. Export backbone + heads with parity checks and write the manifest: method,
    hyper-parameters, data summary, fit summary, threshold, band, validation
@@ -169,7 +169,7 @@ def train_bundle(
     from export.clip import DEFAULT_ARCH, load_encoder
     from export.embed import encoder_fingerprint, is_embedding_dir
     from export.heads.checkpoint import load_head, save_head
-    from worker.bundle import fuse_log_odds
+    from worker.model.bundle import fuse_log_odds
 
     overrides = overrides or {}
     unknown = sorted(set(overrides) - set(head_registry.names()))

@@ -45,10 +45,10 @@ from typing import Literal
 import numpy as np
 
 from schemas import BundleManifest, Fidelity
-from worker.bundle import MANIFEST, BundleError, LoadedBundle, file_sha256
-from worker.decode import DecodeLimits, decode_image
-from worker.policy import decide
-from worker.preprocess import clip_input
+from worker.ingest.decode import DecodeLimits, decode_image
+from worker.ingest.preprocess import clip_input
+from worker.model.bundle import MANIFEST, BundleError, LoadedBundle, file_sha256
+from worker.model.policy import decide
 
 Precision = Literal["fp32", "fp16", "int8"]
 FusionType = Literal["clip", "vit"]
@@ -269,7 +269,7 @@ def make_variant(
 ) -> BundleManifest:
     """Write a variant of the fp32 bundle ``src`` into ``out`` and return its manifest.
 
-    Raises :class:`~worker.bundle.BundleError` when the source is not fp32, or
+    Raises :class:`~worker.model.bundle.BundleError` when the source is not fp32, or
     when the variant's embeddings fall below ``min_cosine`` of the fp32 ones.
     """
     src, out = Path(src), Path(out)

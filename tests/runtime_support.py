@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from devkit.servers import DevServers, free_port, start_broker, start_redis
 from schemas import BundleManifest
-from worker.devservers import DevServers, free_port, start_broker, start_redis
 
 
 def _private_servers(wd: Path, storage: str = "memory://tansu/", broker_env: dict[str, str] | None = None) -> Iterator[DevServers]:

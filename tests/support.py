@@ -17,7 +17,8 @@ from pathlib import Path
 from kafka import KafkaConsumer, TopicPartition
 from PIL import Image
 
-from worker.kafka_io import ensure_topics, make_consumer, make_producer
+from devkit.faults import wants_faults
+from worker.runtime.clients import ensure_topics, make_consumer, make_producer
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
 #: Group timing that makes a dead worker's partitions move in about a second.
@@ -90,8 +91,10 @@ def worker_env(servers, topics: Topics, bundle: Path, **extra: str) -> dict[str,
 
 
 def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """The real worker CLI; through the fault-injection wrapper when the env sets one of its switches."""
+    entry = "devkit.faults" if wants_faults(env) else "worker"
     return subprocess.Popen(
-        [sys.executable, "-m", "worker", *args],
+        [sys.executable, "-m", entry, *args],
         env=env,
         stdout=log_path.open("ab"),
         stderr=subprocess.STDOUT,

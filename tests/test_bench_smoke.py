@@ -16,7 +16,7 @@ import pytest
 from bench.cli import main as bench_main
 from bench.report import BEGIN, END
 from bench.report import main as report_main
-from worker.devservers import DevServers
+from devkit.servers import DevServers
 
 
 @pytest.fixture

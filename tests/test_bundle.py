@@ -12,8 +12,8 @@ import torch
 
 from export.clip import TINY, load_encoder
 from export.photos import load_rgb, photo_paths
-from worker.bundle import BundleError, LoadedBundle, fuse_log_odds
-from worker.preprocess import clip_input
+from worker.ingest.preprocess import clip_input
+from worker.model.bundle import BundleError, LoadedBundle, fuse_log_odds
 
 
 def test_manifest_records_parity_within_tolerance(tiny_bundle: Path) -> None:

@@ -13,8 +13,8 @@ from PIL import GifImagePlugin, Image, TiffImagePlugin
 
 from schemas import ErrorCode
 from tests import hostile_corpus as corpus
-from worker.decode import ACCEPTED_RESULT_FORMATS, ALLOWED_FORMATS, DecodedImage, DecodeLimits, decode_image, webp_canvas_size
 from worker.errors import InputError
+from worker.ingest.decode import ACCEPTED_RESULT_FORMATS, ALLOWED_FORMATS, DecodedImage, DecodeLimits, decode_image, webp_canvas_size
 
 LIMITS = DecodeLimits()
 
@@ -272,7 +272,7 @@ def test_pillow_warnings_stay_out_of_the_worker_log_stream(tmp_path) -> None:  #
     code = (
         "import sys, pathlib\n"
         "from PIL import Image\n"
-        "from worker.decode import decode_image, DecodeLimits\n"
+        "from worker.ingest.decode import decode_image, DecodeLimits\n"
         "Image.MAX_IMAGE_PIXELS = 5000\n"
         "d = pathlib.Path(sys.argv[1])\n"
         "decode_image((d / 'big.png').read_bytes(), DecodeLimits(max_pixels=15000))\n"

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from worker.config import WorkerConfig, env_var_names
-from worker.kafka_io import message_bytes_for
+from worker.runtime.clients import message_bytes_for
 
 DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
 AIGIS_VAR = re.compile(r"\bAIGIS_[A-Z0-9_]+\b")
@@ -199,8 +199,8 @@ def _probe_port(probe: dict[str, Any], container: dict[str, Any]) -> int:
 @pytest.fixture(scope="module")
 def served_paths() -> dict[str, int]:
     """Status codes the worker's real health server gives for each probe path in deploy/ (port 0, real HTTP)."""
-    from worker.health import HealthServer
-    from worker.metrics import WorkerMetrics
+    from worker.ops.health import HealthServer
+    from worker.ops.metrics import WorkerMetrics
 
     paths = {p["httpGet"]["path"] for p in _probes()} | {"/healthz", "/metrics", "/does-not-exist"}
     server = HealthServer(0, WorkerMetrics(), lambda: [], lambda: [], host="127.0.0.1")

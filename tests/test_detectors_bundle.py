@@ -4,7 +4,7 @@ Data: ``export synth`` (four generator families, 224 px), the training split's
 photographs disjoint from the test split's. Backbone: the tiny random-weight
 config. Each method becomes its own bundle (``bundle --data``, profile
 small-data) and ``export eval`` scores the test split through
-``worker.pipeline.BatchProcessor``.
+``worker.pipeline.batch.BatchProcessor``.
 
 Stated margin: on the held-out test split every bundle reaches a mean ROC-AUC
 over generators of at least 0.75 (chance is 0.5), except knn at least 0.65: a
@@ -28,7 +28,7 @@ from export.embed import EmbedOptions, embed_dataset
 from export.evaluate import RESULTS_END, RESULTS_START, evaluate
 from export.synth import SynthConfig, make_dataset
 from export.train import train_bundle
-from worker.bundle import LoadedBundle
+from worker.model.bundle import LoadedBundle
 
 TINY = "aigis-tiny"
 MIN_MEAN_AUC = 0.75

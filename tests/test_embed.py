@@ -9,8 +9,8 @@ import pytest
 
 from export.embed import EmbedOptions, embed_dataset, load_embeddings
 from export.synth import SynthConfig, make_dataset
-from worker.decode import DecodeLimits, decode_image
-from worker.preprocess import clip_input, native_crop
+from worker.ingest.decode import DecodeLimits, decode_image
+from worker.ingest.preprocess import clip_input, native_crop
 
 TINY = "aigis-tiny"
 
@@ -23,7 +23,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_embeddings_match_the_worker_bundle_on_the_same_images(dataset: Path, tmp_path: Path, tiny_bundle: Path) -> None:
-    from worker.bundle import LoadedBundle
+    from worker.model.bundle import LoadedBundle
 
     opts = EmbedOptions(arch=TINY, chunk_size=5, views=True, native_crop=32)
     embed_dataset(dataset, tmp_path / "emb", opts)

@@ -1,7 +1,7 @@
 """The per-image decode time limit: a slow image becomes a ``decode_timeout`` dead letter and the batch goes on.
 
 Pillow's decoders cannot be interrupted, so the worker's pool abandons the
-thread (see :mod:`worker.decode_pool`) and starts a replacement; the images
+thread (see :mod:`worker.ingest.decode_pool`) and starts a replacement; the images
 after the slow one are decoded as usual.
 """
 
@@ -14,11 +14,11 @@ import numpy as np
 from PIL import Image
 
 from tests.runtime_support import unique_jpegs
-from worker.bundle import LoadedBundle
 from worker.config import WorkerConfig
-from worker.decode_pool import DecodePool
-from worker.pipeline import BatchProcessor
-from worker.wire import InputRecord
+from worker.ingest.decode_pool import DecodePool
+from worker.ingest.wire import InputRecord
+from worker.model.bundle import LoadedBundle
+from worker.pipeline.batch import BatchProcessor
 
 
 def big_smooth_png(side: int = 6000) -> bytes:

@@ -22,11 +22,11 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from tests.runtime_support import copy_bundle, unique_jpegs
-from worker.bundle import LoadedBundle
 from worker.config import WorkerConfig
-from worker.metrics import WorkerMetrics
-from worker.pipeline import BatchProcessor
-from worker.wire import InputRecord
+from worker.ingest.wire import InputRecord
+from worker.model.bundle import LoadedBundle
+from worker.ops.metrics import WorkerMetrics
+from worker.pipeline.batch import BatchProcessor
 
 CROP = 16
 
@@ -92,7 +92,7 @@ def test_one_bad_image_is_dead_lettered_and_the_rest_of_its_batch_scored(poisone
     records = [InputRecord("t", 0, i, None, f"u-{i}".encode(), data) for i, data in enumerate(payloads)]
 
     # The failure is real: ONNX Runtime refuses the whole batch that holds the black image.
-    from worker.preprocess import native_crop
+    from worker.ingest.preprocess import native_crop
 
     crops = np.stack([native_crop(Image.open(io.BytesIO(p)).convert("RGB"), CROP) for p in payloads])
     with pytest.raises(Exception, match=r"(?i)out of (data )?bounds|indices|invalid"):

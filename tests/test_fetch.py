@@ -19,7 +19,7 @@ import pytest
 
 from schemas import ErrorCode
 from worker.errors import InputError
-from worker.fetch import FetchPolicy, fetch
+from worker.ingest.fetch import FetchPolicy, fetch
 
 BODY = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4  # bytes only; fetch never decodes
 CAP = 4096

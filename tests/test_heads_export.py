@@ -17,7 +17,7 @@ from export import heads
 from export.heads.base import EmbeddingSet
 from export.heads.gendet import GenDetGraph
 from export.onnx_io import export_module, parity
-from worker.onnx_session import OnnxModel
+from worker.model.sessions import OnnxModel
 
 #: Settings small enough for seconds on two cores; the structure is the paper's.
 FAST: dict[str, dict] = {

@@ -1,4 +1,4 @@
-"""``worker.preprocess.normalize`` (optimised in place) stays bit-identical to torchvision's ToTensor + Normalize."""
+"""``worker.ingest.preprocess.normalize`` (optimised in place) stays bit-identical to torchvision's ToTensor + Normalize."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from torchvision.transforms import functional as F
 
 from export.clip import TINY, load_encoder
-from worker.preprocess import normalize
+from worker.ingest.preprocess import normalize
 
 
 @pytest.mark.parametrize("shape", [(224, 224, 3), (336, 336, 3), (5, 7, 3)])

@@ -9,7 +9,7 @@ from PIL import Image
 
 from export.clip import TINY, load_encoder, register_project_configs
 from export.photos import load_rgb, photo_paths
-from worker.preprocess import clip_input, resized_size
+from worker.ingest.preprocess import clip_input, resized_size
 
 PHOTOS = photo_paths()
 

@@ -18,7 +18,7 @@ def worker_modules() -> list[str]:
 
 def test_every_worker_module_imports_without_torch() -> None:
     modules = worker_modules()
-    assert "worker.app" in modules and "worker.bundle" in modules
+    assert "worker.app" in modules and "worker.model.bundle" in modules
     script = textwrap.dedent(
         f"""
         import importlib, importlib.abc, sys

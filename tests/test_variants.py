@@ -15,7 +15,7 @@ import onnx
 import pytest
 
 from export.variants import compare_bundles, fidelity_images, make_variant
-from worker.bundle import BundleError, LoadedBundle
+from worker.model.bundle import BundleError, LoadedBundle
 from worker.score import score_files
 
 #: Stated bound: int8 per-channel embeddings of the tiny ViT stay this close to fp32 on real photos (measured ~0.9999).
@@ -105,7 +105,7 @@ def test_fp16_bundle_falls_back_to_cpu_without_crashing(tiny_bundle: Path, tmp_p
     out = tmp_path / "fp16-plain"
     make_variant(tiny_bundle, out, "fp16", fuse=False, max_images=4)
     script = (
-        "import numpy as np\nfrom worker.bundle import LoadedBundle\n"
+        "import numpy as np\nfrom worker.model.bundle import LoadedBundle\n"
         f"b = LoadedBundle({str(out)!r}, ['CUDAExecutionProvider', 'CPUExecutionProvider'])\n"
         "p = b.score(np.zeros((2, 3, 224, 224), np.float32)).probability\n"
         "assert p.shape == (2,) and np.all((p >= 0) & (p <= 1))\nprint('scored')\n"

@@ -9,7 +9,7 @@ import pytest
 
 from schemas import UPLOAD_SCHEMA_VERSION, ErrorCode
 from worker.errors import InputError
-from worker.wire import MAX_UPLOAD_ID_CHARS, InputRecord, best_effort_ids, looks_like_json, parse_record
+from worker.ingest.wire import MAX_UPLOAD_ID_CHARS, InputRecord, best_effort_ids, looks_like_json, parse_record
 
 LIMIT = 1024 * 1024
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100  # parse_record never decodes, so any bytes will do

@@ -11,11 +11,11 @@ from PIL import Image
 
 from export.photos import load_rgb, photo_paths
 from tests.runtime_support import copy_bundle, rewrite_manifest
-from worker.bundle import LoadedBundle
-from worker.cache import VerdictCache
+from worker.cache.verdicts import VerdictCache
 from worker.config import WorkerConfig
-from worker.pipeline import BatchProcessor
-from worker.wire import InputRecord
+from worker.ingest.wire import InputRecord
+from worker.model.bundle import LoadedBundle
+from worker.pipeline.batch import BatchProcessor
 
 
 def _jpeg(img: Image.Image, quality: int) -> bytes:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from tests.runtime_support import log_events, raw_records, unique_jpegs, wait_until
 from tests.support import MAX_IMAGE_BYTES, OutputReader, Topics, committed_offsets, start_worker, stop, worker_env
-from worker.kafka_io import make_producer
+from worker.runtime.clients import make_producer
 
 
 def publish_located(bootstrap: str, topic: str, records: list) -> dict[str, tuple[int, int]]:

@@ -21,7 +21,7 @@ from PIL import Image
 
 from tests.runtime_support import free_port, http_get, log_events, metric, metric_sum, raw_records, unique_jpegs, wait_until
 from tests.support import OutputReader, Topics, publish, start_worker, stop, worker_env
-from worker.bundle import read_manifest
+from worker.model.bundle import read_manifest
 
 
 def _png(colour: tuple[int, int, int]) -> bytes:

@@ -13,10 +13,10 @@ from pathlib import Path
 
 from tests.runtime_support import copy_bundle, log_events, raw_records, rewrite_manifest, unique_jpegs, wait_until
 from tests.support import OutputReader, Topics, publish, start_worker, stop, worker_env
-from worker.bundle import LoadedBundle, read_manifest
 from worker.config import WorkerConfig
-from worker.policy import decide
-from worker.rollout import BundleWatcher
+from worker.model.bundle import LoadedBundle, read_manifest
+from worker.model.policy import decide
+from worker.model.rollout import BundleWatcher
 
 
 def _everything_real(doc: dict) -> None:

@@ -14,13 +14,13 @@ from kafka import TopicPartition
 from PIL import Image
 
 from export.photos import load_rgb, photo_paths
-from worker.batcher import MicroBatcher
-from worker.bundle import LoadedBundle
-from worker.circuit import CircuitBreaker, State
-from worker.decode_pool import DecodePool
-from worker.metrics import Counter, Gauge, Histogram, Registry
-from worker.offsets import OffsetTracker
-from worker.phash import band_layout, bands, hamming, phash
+from worker.cache.circuit import CircuitBreaker, State
+from worker.cache.phash import band_layout, bands, hamming, phash
+from worker.ingest.decode_pool import DecodePool
+from worker.model.bundle import LoadedBundle
+from worker.ops.metrics import Counter, Gauge, Histogram, Registry
+from worker.runtime.batcher import MicroBatcher
+from worker.runtime.offsets import OffsetTracker
 
 TP = TopicPartition("t", 0)
 

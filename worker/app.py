@@ -49,19 +49,19 @@ from kafka import AsyncConsumerRebalanceListener, KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import MemberState
 
-from worker.batcher import MicroBatcher
-from worker.bundle import LoadedBundle
-from worker.cache import VerdictCache
-from worker.circuit import CircuitBreaker
+from worker.cache.circuit import CircuitBreaker
+from worker.cache.verdicts import VerdictCache
 from worker.config import WorkerConfig
-from worker.decode_pool import DecodePool
-from worker.health import HealthServer, Liveness
-from worker.kafka_io import ensure_topics, make_consumer, make_producer
-from worker.metrics import WorkerMetrics
-from worker.offsets import OffsetTracker
-from worker.pipeline import BatchProcessor, Outcome, PreparedBatch
-from worker.rollout import BundleWatcher
-from worker.wire import InputRecord
+from worker.ingest.decode_pool import DecodePool
+from worker.ingest.wire import InputRecord
+from worker.model.bundle import LoadedBundle
+from worker.model.rollout import BundleWatcher
+from worker.ops.health import HealthServer, Liveness
+from worker.ops.metrics import WorkerMetrics
+from worker.pipeline.batch import BatchProcessor, Outcome, PreparedBatch
+from worker.runtime.batcher import MicroBatcher
+from worker.runtime.clients import ensure_topics, make_consumer, make_producer
+from worker.runtime.offsets import OffsetTracker
 
 log = structlog.get_logger(__name__)
 

@@ -41,7 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
 def run_worker(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     cfg = load_config(args)
-    from worker.logs import configure
+    from worker.ops.logs import configure
 
     configure(cfg.log_level, cfg.log_format)
     from worker.app import WorkerApp

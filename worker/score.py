@@ -1,6 +1,6 @@
 """``python -m worker score``: score image files once, without Kafka or Redis.
 
-Runs the exact code the streaming worker runs (:class:`~worker.pipeline.BatchProcessor`),
+Runs the exact code the streaming worker runs (:class:`~worker.pipeline.batch.BatchProcessor`),
 so it doubles as the offline reference in the streaming-overhead benchmark and
 as a quick way to try a bundle on a folder of images.
 """
@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from worker.bundle import LoadedBundle
 from worker.config import WorkerConfig
-from worker.pipeline import BatchProcessor, Outcome
-from worker.wire import InputRecord
+from worker.ingest.wire import InputRecord
+from worker.model.bundle import LoadedBundle
+from worker.pipeline.batch import BatchProcessor, Outcome
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 

@@ -1,7 +1,7 @@
 """Frequency stream fused with the CLIP embedding (AIRL, "Artifact-Invariant Representation Learning"; seed 004).
 
 Two inputs: the CLIP embedding and a native-resolution S x S centre crop
-(``native_crop``; the worker's :func:`worker.preprocess.native_crop`, never a
+(``native_crop``; the worker's :func:`worker.ingest.preprocess.native_crop`, never a
 resized image: resampling erases the upsampling traces this stream looks for).
 
 Frequency stream, all inside the ONNX graph: grayscale (ITU-R BT.601 weights)

@@ -6,14 +6,14 @@ image uploaded twice (or replayed after a crash) is scored once. Reads and
 writes are one round trip per batch (MGET, pipelined SET EX).
 
 Redis is an optimisation, never a dependency: every call has a socket timeout
-(retried once only for a broken pooled connection, never for a timeout), and a :class:`~worker.circuit.CircuitBreaker`
+(retried once only for a broken pooled connection, never for a timeout), and a :class:`~worker.cache.circuit.CircuitBreaker`
 stops calling a Redis that keeps failing; while it is open reads are misses and
 writes are skipped, and a probe every ``reset_after_s`` brings the cache back
 by itself. Inference goes on without it, so no verdict is lost or held.
 
 Optional near-duplicate index (``--near-duplicate-max-distance``): for each
 scored image its 64-bit pHash is added to one Redis set per hash band (see
-:mod:`worker.phash`); a later exact-hash miss whose pHash is within the
+:mod:`worker.cache.phash`); a later exact-hash miss whose pHash is within the
 distance of a stored one reuses that image's score (``cache: near_duplicate``).
 """
 
@@ -29,8 +29,8 @@ import structlog
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from worker.circuit import CircuitBreaker, State
-from worker.phash import band_layout, bands, hamming
+from worker.cache.circuit import CircuitBreaker, State
+from worker.cache.phash import band_layout, bands, hamming
 
 log = structlog.get_logger(__name__)
 

@@ -25,7 +25,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import structlog
 
-from worker.metrics import CONTENT_TYPE, WorkerMetrics
+from worker.ops.metrics import CONTENT_TYPE, WorkerMetrics
 
 log = structlog.get_logger(__name__)
 

@@ -9,7 +9,7 @@ embeddings the worker computes match the ones the heads were trained on; a test
 checks it against open_clip itself on real photographs.
 
 One deliberate difference: images are converted to RGB *before* resizing (in
-:mod:`worker.decode`), where open_clip converts after. For RGB inputs (every
+:mod:`worker.ingest.decode`), where open_clip converts after. For RGB inputs (every
 photograph) the two are identical; for palette or alpha images ours is the
 better-defined order (bicubic on colours, not palette indices).
 """

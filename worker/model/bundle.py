@@ -19,7 +19,7 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from schemas import BundleManifest, BundleRef, Head
-from worker.onnx_session import OnnxModel
+from worker.model.sessions import OnnxModel
 
 MANIFEST = "manifest.json"
 FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)

@@ -28,19 +28,18 @@ import numpy as np
 import structlog
 
 from schemas import CacheStatus, DeadLetter, ErrorCode, ShadowScore, Timings, VerdictEvent, b64encode
-from worker import faults
-from worker.bundle import LoadedBundle, ScoreBatch
-from worker.cache import CachedScore, VerdictCache
+from worker.cache.phash import phash
+from worker.cache.verdicts import CachedScore, VerdictCache
 from worker.config import WorkerConfig
-from worker.decode import DecodeLimits, decode_image
-from worker.decode_pool import DecodePool
 from worker.errors import InputError
-from worker.fetch import FetchPolicy, fetch
-from worker.metrics import WorkerMetrics
-from worker.phash import phash
-from worker.policy import decide, thresholds
-from worker.preprocess import clip_input, native_crop
-from worker.wire import InputRecord, Upload, best_effort_ids, parse_record
+from worker.ingest.decode import DecodeLimits, decode_image
+from worker.ingest.decode_pool import DecodePool
+from worker.ingest.fetch import FetchPolicy, fetch
+from worker.ingest.preprocess import clip_input, native_crop
+from worker.ingest.wire import InputRecord, Upload, best_effort_ids, parse_record
+from worker.model.bundle import LoadedBundle, ScoreBatch
+from worker.model.policy import decide, thresholds
+from worker.ops.metrics import WorkerMetrics
 
 log = structlog.get_logger(__name__)
 
@@ -308,7 +307,6 @@ class BatchProcessor:
 
     # -- the batch, second half: inference, shadow, cache write, events -------------------
     def finish_batch(self, pb: PreparedBatch) -> list[Outcome]:
-        faults.inject(r.key for r in pb.records)
         ready, misses = pb.ready, pb.misses
         if ready:
             t0 = time.perf_counter()

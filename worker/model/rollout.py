@@ -27,9 +27,9 @@ from pathlib import Path
 
 import structlog
 
-from worker.bundle import MANIFEST, LoadedBundle
 from worker.config import WorkerConfig
-from worker.metrics import WorkerMetrics
+from worker.model.bundle import MANIFEST, LoadedBundle
+from worker.ops.metrics import WorkerMetrics
 
 log = structlog.get_logger(__name__)
 
