@@ -5,11 +5,12 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-all
 
-.PHONY: demo test lint schemas clean help
+.PHONY: demo test test-fast lint schemas clean help
 
 help:
 	@echo "make demo   - start a throwaway broker + Redis, build a demo bundle, stream images through one worker"
 	@echo "make test   - the whole test suite (real broker and redis-server, started by the fixtures)"
+	@echo "make test-fast - the unit tests only (tests/unit, under a minute, no broker)"
 	@echo "make lint   - ruff"
 	@echo "make schemas - regenerate the JSON Schema files in schemas/"
 
@@ -25,9 +26,12 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m unit -q
+
 lint: $(STAMP)
-	$(BIN)/ruff check worker export schemas tests
-	$(BIN)/ruff format --check worker export schemas tests
+	$(BIN)/ruff check worker export schemas tests devkit bench
+	$(BIN)/ruff format --check worker export schemas tests devkit bench
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas

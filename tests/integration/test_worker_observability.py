@@ -19,8 +19,9 @@ from pathlib import Path
 
 from PIL import Image
 
-from tests.runtime_support import free_port, http_get, log_events, metric, metric_sum, raw_records, unique_jpegs, wait_until
-from tests.support import OutputReader, Topics, publish, start_worker, stop, worker_env
+from devkit.harness import OutputReader, Topics, http_get, log_events, metric, metric_sum, publish, raw_records, start_worker, stop, wait_until, worker_env
+from devkit.images import unique_jpegs
+from devkit.servers import free_port
 from worker.model.bundle import read_manifest
 
 

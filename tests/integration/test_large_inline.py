@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tests.support import MAX_IMAGE_BYTES, OutputReader, Topics, publish, start_worker, stop, worker_env
+from devkit.harness import MAX_IMAGE_BYTES, OutputReader, Topics, publish, start_worker, stop, worker_env
 
 
 def _noise_png(target_bytes: int) -> bytes:

@@ -1,4 +1,8 @@
-"""Helpers shared by the integration tests: unique topics, worker processes, reading outputs."""
+"""The shared harness: private topics, publishing, worker processes, reading outputs, probes.
+
+Used by the integration tests, the benchmarks and the demo, so each of them
+drives a worker the same way.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +13,10 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,3 +177,60 @@ def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
         return out
     finally:
         consumer.close()
+
+
+def raw_records(prefix: str, images: list[bytes]) -> list[tuple[bytes, bytes, list]]:
+    return [(f"{prefix}-{i}".encode(), data, [("content-type", b"image/jpeg")]) for i, data in enumerate(images)]
+
+
+def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
+    """(status, body) of GET http://127.0.0.1:port/path; (0, error) when nothing answers."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as resp:
+            return resp.status, resp.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError as exc:
+        return 0, str(exc)
+
+
+def metric(body: str, name: str, /, **labels: str) -> float | None:
+    """Value of one series in a Prometheus text exposition (None when absent)."""
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in body.splitlines():
+        if line.startswith("#") or not line:
+            continue
+        series, _, value = line.rpartition(" ")
+        if series == name or (want and series == f"{name}{{{want}}}"):
+            return float(value)
+    return None
+
+
+def metric_sum(body: str, name: str) -> float:
+    """Sum of every series of a metric (all label sets)."""
+    total = 0.0
+    for line in body.splitlines():
+        if line.startswith(name + "{") or line.startswith(name + " "):
+            total += float(line.rpartition(" ")[2])
+    return total
+
+
+def wait_until(cond: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if cond():
+            return
+        time.sleep(interval_s)
+    raise AssertionError(f"timed out after {timeout_s:.0f}s waiting for {what}")
+
+
+def log_events(path: Path) -> list[dict]:
+    """The worker's structlog JSON lines (other lines skipped)."""
+    out = []
+    for line in path.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+    return out

@@ -11,8 +11,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.runtime_support import raw_records, unique_jpegs, wait_until
-from tests.support import OutputReader, Topics, committed_offsets, publish, start_worker, stop, worker_env
+from devkit.harness import OutputReader, Topics, committed_offsets, publish, raw_records, start_worker, stop, wait_until, worker_env
+from devkit.images import unique_jpegs
 
 N = 120
 

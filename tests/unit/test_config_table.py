@@ -7,7 +7,7 @@ from pathlib import Path
 from worker.config import WorkerConfig, env_var
 from worker.config_table import main, markdown_table
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+README = Path(__file__).resolve().parents[2] / "README.md"
 
 
 def test_table_lists_every_option_with_its_variable() -> None:

@@ -24,10 +24,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.runtime_support import durable_servers, free_port, http_get, log_events, raw_records, unique_jpegs, wait_until
-from tests.support import OutputReader, Topics, committed_offsets, publish, start_worker, stop, worker_env
-
-__all__ = ["durable_servers"]
+from devkit.harness import OutputReader, Topics, committed_offsets, http_get, log_events, publish, raw_records, start_worker, stop, wait_until, worker_env
+from devkit.images import unique_jpegs
+from devkit.servers import free_port
 
 
 def test_worker_reconnects_after_a_broker_restart_and_resumes_from_committed_offsets(durable_servers, tiny_bundle: Path, tmp_path: Path) -> None:

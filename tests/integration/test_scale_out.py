@@ -11,8 +11,22 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.runtime_support import free_port, http_get, log_events, metric, raw_records, unique_jpegs, wait_until
-from tests.support import OutputReader, Topics, committed_offsets, publish, start_worker, stop, worker_env
+from devkit.harness import (
+    OutputReader,
+    Topics,
+    committed_offsets,
+    http_get,
+    log_events,
+    metric,
+    publish,
+    raw_records,
+    start_worker,
+    stop,
+    wait_until,
+    worker_env,
+)
+from devkit.images import unique_jpegs
+from devkit.servers import free_port
 
 N = 240
 

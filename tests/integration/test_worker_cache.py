@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from devkit.bundles import copy_bundle, rewrite_manifest
 from export.photos import load_rgb, photo_paths
-from tests.runtime_support import copy_bundle, rewrite_manifest
 from worker.cache.verdicts import VerdictCache
 from worker.config import WorkerConfig
 from worker.ingest.wire import InputRecord

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from devkit.harness import OutputReader, Topics, committed_offsets, jpeg_bytes, publish, start_worker, stop, worker_env
 from export.photos import load_rgb, photo_paths
-from tests.support import OutputReader, Topics, committed_offsets, jpeg_bytes, publish, start_worker, stop, worker_env
 
 
 def _uploads() -> tuple[list[tuple[bytes | None, bytes, list]], dict[str, str]]:

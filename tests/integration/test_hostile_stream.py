@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from tests import hostile_corpus as corpus
-from tests.support import OutputReader, Topics, publish, start_worker, stop, worker_env
+from devkit import corpus
+from devkit.harness import OutputReader, Topics, publish, start_worker, stop, worker_env
 
 MAX_BYTES = 256 * 1024  # the worker's limit in this test: small, so "too large" records stay small
 JSON = [("content-type", b"application/json")]

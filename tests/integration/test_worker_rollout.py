@@ -11,8 +11,9 @@ import signal
 import time
 from pathlib import Path
 
-from tests.runtime_support import copy_bundle, log_events, raw_records, rewrite_manifest, unique_jpegs, wait_until
-from tests.support import OutputReader, Topics, publish, start_worker, stop, worker_env
+from devkit.bundles import copy_bundle, rewrite_manifest
+from devkit.harness import OutputReader, Topics, log_events, publish, raw_records, start_worker, stop, wait_until, worker_env
+from devkit.images import unique_jpegs
 from worker.config import WorkerConfig
 from worker.model.bundle import LoadedBundle, read_manifest
 from worker.model.policy import decide

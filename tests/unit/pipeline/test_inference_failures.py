@@ -21,7 +21,8 @@ import pytest
 from onnx import TensorProto, helper
 from PIL import Image
 
-from tests.runtime_support import copy_bundle, unique_jpegs
+from devkit.bundles import copy_bundle
+from devkit.images import unique_jpegs
 from worker.config import WorkerConfig
 from worker.ingest.wire import InputRecord
 from worker.model.bundle import LoadedBundle

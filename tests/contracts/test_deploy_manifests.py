@@ -22,7 +22,7 @@ import yaml
 from worker.config import WorkerConfig, env_var_names
 from worker.runtime.clients import message_bytes_for
 
-DEPLOY = Path(__file__).resolve().parent.parent / "deploy"
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 AIGIS_VAR = re.compile(r"\bAIGIS_[A-Z0-9_]+\b")
 
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import signal
 from pathlib import Path
 
-from tests.runtime_support import log_events, raw_records, unique_jpegs, wait_until
-from tests.support import MAX_IMAGE_BYTES, OutputReader, Topics, committed_offsets, start_worker, stop, worker_env
+from devkit.harness import MAX_IMAGE_BYTES, OutputReader, Topics, committed_offsets, log_events, raw_records, start_worker, stop, wait_until, worker_env
+from devkit.images import unique_jpegs
 from worker.runtime.clients import make_producer
 
 

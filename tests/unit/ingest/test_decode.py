@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import GifImagePlugin, Image, TiffImagePlugin
 
+from devkit import corpus
 from schemas import ErrorCode
-from tests import hostile_corpus as corpus
 from worker.errors import InputError
 from worker.ingest.decode import ACCEPTED_RESULT_FORMATS, ALLOWED_FORMATS, DecodedImage, DecodeLimits, decode_image, webp_canvas_size
 
