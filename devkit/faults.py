@@ -3,7 +3,7 @@
 Some failure modes cannot be produced on demand with real parts: a pipeline
 stage that wedges (to show the liveness probe turning unhealthy) is one. The
 worker itself knows nothing about them: this entry point wraps the inference
-stage's method (:meth:`worker.pipeline.batch.BatchProcessor.finish_batch`) in the test process's
+stage's method (:meth:`worker.pipeline.batch.BatchProcessor.finish`) in the test process's
 copy of the worker, then runs the real worker CLI. Production images carry no
 ``devkit`` package, so these switches cannot be set there.
 
@@ -63,14 +63,14 @@ def install(env: Mapping[str, str]) -> None:
     from worker.pipeline.batch import BatchProcessor
 
     inject = injector(env)
-    original = BatchProcessor.finish_batch
+    original = BatchProcessor.finish
 
     @functools.wraps(original)
-    def finish_batch(self: BatchProcessor, pb: Any) -> Any:
+    def finish(self: BatchProcessor, pb: Any) -> Any:
         inject(r.key for r in pb.records)
         return original(self, pb)
 
-    BatchProcessor.finish_batch = finish_batch  # type: ignore[method-assign]  # the point of this module
+    BatchProcessor.finish = finish  # type: ignore[method-assign]  # the point of this module
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -100,18 +100,16 @@ def score_items(bundle_path: Path, items: Sequence[Item], condition: str, max_ba
     """Score ``items`` (after ``condition``) with the worker's BatchProcessor: the serving path."""
     from tqdm import tqdm
 
-    from worker.config import WorkerConfig
     from worker.ingest.wire import InputRecord
     from worker.model.bundle import LoadedBundle
     from worker.pipeline.batch import BatchProcessor
 
     bundle = LoadedBundle(bundle_path)
-    cfg = WorkerConfig(bundle=bundle.path, max_batch=max_batch, decode_threads=threads, redis_url="")
     scores = np.full(len(items), np.nan)
     labels: list[str] = [""] * len(items)
     dead: dict[str, int] = {}
     with ThreadPoolExecutor(threads) as pool:
-        proc = BatchProcessor(cfg, bundle, None, pool)
+        proc = BatchProcessor.offline(bundle, pool, max_batch)
         bar = tqdm(total=len(items), desc=f"eval {bundle_path.name} {condition}", unit="img", disable=not progress, leave=False)
         for lo in range(0, len(items), max_batch):
             chunk = items[lo : lo + max_batch]

@@ -70,6 +70,8 @@ class ErrorCode(StrEnum):
     fetch_failed = "fetch_failed"
     uri_refused = "uri_refused"
     inference_failed = "inference_failed"
+    #: The broker refused the record's outcome repeatedly; this minimal dead letter stands in for it.
+    outcome_refused = "outcome_refused"
 
 
 class UploadEvent(_Event):

@@ -122,6 +122,34 @@ class WorkerConfig(BaseModel):
         return frozenset(h.strip().lower() for h in self.fetch_allowed_hosts.split(",") if h.strip())
 
 
+#: What a JSON upload event may hold beside its base64 image (ids, URI, content type, timestamps).
+EVENT_HEADROOM_BYTES = 64 * 1024
+#: What a record on any of the worker's topics may hold beside a base64 image: the event's headroom and
+#: room for a dead letter's envelope around a payload copy.
+RECORD_HEADROOM_BYTES = 256 * 1024
+
+
+def base64_bytes(n: int) -> int:
+    """Length of the base64 text of ``n`` bytes."""
+    return n * 4 // 3
+
+
+def inline_event_max_bytes(max_image_bytes: int) -> int:
+    """Largest JSON upload event that can carry an image under the limit; larger ones are refused before parsing."""
+    return base64_bytes(max_image_bytes) + EVENT_HEADROOM_BYTES
+
+
+def message_bytes_for(max_image_bytes: int) -> int:
+    """Largest record a topic and the producer must accept: base64 of the image plus envelope headroom.
+
+    Inline images up to ``max_image_bytes`` must fit through every hop, so the
+    producer's request size, the topics' ``max.message.bytes`` and the
+    consumer's fetch sizes all derive from this one number, and every outcome
+    the worker builds is sized to fit it.
+    """
+    return base64_bytes(max_image_bytes) + RECORD_HEADROOM_BYTES
+
+
 def env_var(field: str) -> str:
     return ENV_PREFIX + field.upper()
 

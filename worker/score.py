@@ -14,10 +14,10 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from worker.config import WorkerConfig
 from worker.ingest.wire import InputRecord
 from worker.model.bundle import LoadedBundle
-from worker.pipeline.batch import BatchProcessor, Outcome
+from worker.pipeline.batch import BatchProcessor
+from worker.pipeline.outcomes import Outcome
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".webp", ".bmp", ".tif", ".tiff"}
 
@@ -34,10 +34,9 @@ def expand(paths: Sequence[Path]) -> list[Path]:
 
 
 def score_files(bundle: LoadedBundle, files: Sequence[Path], max_batch: int = 32, decode_threads: int = 2) -> list[Outcome]:
-    cfg = WorkerConfig(bundle=bundle.path, max_batch=max_batch, decode_threads=decode_threads, redis_url="")
     outcomes: list[Outcome] = []
     with ThreadPoolExecutor(decode_threads) as pool:
-        proc = BatchProcessor(cfg, bundle, None, pool)
+        proc = BatchProcessor.offline(bundle, pool, max_batch)
         for lo in range(0, len(files), max_batch):
             chunk = files[lo : lo + max_batch]
             records = [InputRecord("files", 0, lo + i, None, str(f).encode(), f.read_bytes()) for i, f in enumerate(chunk)]

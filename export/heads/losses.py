@@ -1,6 +1,6 @@
 """The papers' losses, one function each, written to read like their equations.
 
-Each function is pinned to its equation by a unit test (tests/test_heads_losses.py):
+Each function is pinned to its equation by a unit test (tests/export/test_heads_losses.py):
 values on hand-made inputs, and the limits the papers state (the margin loss is
 zero past M, the student loss is zero when student == teacher, ...).
 

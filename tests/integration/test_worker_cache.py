@@ -15,7 +15,9 @@ from worker.cache.verdicts import VerdictCache
 from worker.config import WorkerConfig
 from worker.ingest.wire import InputRecord
 from worker.model.bundle import LoadedBundle
+from worker.model.rollout import Models
 from worker.pipeline.batch import BatchProcessor
+from worker.pipeline.items import PipelineSettings
 
 
 def _jpeg(img: Image.Image, quality: int) -> bytes:
@@ -40,9 +42,9 @@ def test_near_duplicates_are_served_from_the_cache_only_when_enabled(servers, fr
     re_encoded = _jpeg(photo.resize((photo.width * 3 // 4, photo.height * 3 // 4)), 60)  # different bytes, same picture
     unrelated = _jpeg(other, 95)
     cfg = WorkerConfig(bundle=fresh_bundle, redis_url=servers.redis_url, near_duplicate_max_distance=distance)
-    cache = VerdictCache(servers.redis_url, "", cfg.cache_ttl_s)
+    cache = VerdictCache(servers.redis_url, cfg.cache_ttl_s)
     with ThreadPoolExecutor(2) as pool:
-        proc = BatchProcessor(cfg, bundle, cache, pool)
+        proc = BatchProcessor(PipelineSettings.from_config(cfg), Models(bundle), cache, pool)
 
         def one(key: str, data: bytes):  # type: ignore[no-untyped-def]
             (outcome,) = proc.process([InputRecord("t", 0, 0, None, key.encode(), data)])

@@ -17,7 +17,7 @@ from devkit.images import unique_jpegs
 from worker.config import WorkerConfig
 from worker.model.bundle import LoadedBundle, read_manifest
 from worker.model.policy import decide
-from worker.model.rollout import BundleWatcher
+from worker.model.rollout import Rollout, bundle_loader
 
 
 def _everything_real(doc: dict) -> None:
@@ -77,19 +77,24 @@ def test_shadow_scores_ride_along_and_sighup_swaps_the_bundle_without_restart(se
 def test_manifest_watch_swaps_a_good_bundle_and_refuses_a_broken_one(tiny_bundle: Path, tmp_path: Path) -> None:
     bundle = copy_bundle(tiny_bundle, tmp_path / "watched")
     cfg = WorkerConfig(bundle=bundle, providers="CPUExecutionProvider", bundle_watch_interval_s=0.2)
+    rollout = Rollout(bundle, None, bundle_loader(cfg.provider_list), cfg.bundle_watch_interval_s)
     swaps: list[LoadedBundle] = []
-    watcher = BundleWatcher(cfg, lambda primary, shadow: swaps.append(primary))
-    watcher.start()
-    try:
+
+    def swapped() -> bool:
+        now = rollout.current().primary
+        if now.sha256 != (swaps[-1] if swaps else first).sha256:
+            swaps.append(now)
+        return bool(swaps)
+
+    first = rollout.current().primary
+    with rollout:
         sha_bad = rewrite_manifest(bundle, lambda doc: doc["files"].update({"backbone.onnx": "0" * 64}))
         time.sleep(1.0)
-        assert swaps == [] and watcher.primary.sha256 == read_manifest(tiny_bundle)[1], "a bundle that fails verification must not be swapped in"
+        assert not swapped() and rollout.current().primary.sha256 == read_manifest(tiny_bundle)[1], "a bundle that fails verification must not be swapped in"
 
         sha_good = rewrite_manifest(bundle, lambda doc: doc.update(version="0.3.0"))
         assert sha_good != sha_bad
         # the restored file hashes make the bundle valid again; the watcher retries with backoff and picks it up
         rewrite_manifest(bundle, lambda doc: doc["files"].update(read_manifest(tiny_bundle)[0].files))
-        wait_until(lambda: bool(swaps), 30, "the watcher to swap in the repaired bundle")
-        assert swaps[-1].ref.version == "0.3.0" and watcher.primary is swaps[-1]
-    finally:
-        watcher.stop()
+        wait_until(swapped, 30, "the watcher to swap in the repaired bundle")
+        assert swaps[-1].ref.version == "0.3.0" and rollout.current().primary is swaps[-1]

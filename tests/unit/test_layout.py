@@ -104,9 +104,7 @@ def test_rooms_below_the_runtime_never_touch_kafka(room: str) -> None:
 
 
 def test_kafka_is_imported_only_by_the_runtime() -> None:
-    users = sorted(
-        str(p.relative_to(ROOT)) for p in (ROOT / "worker").rglob("*.py") if any(m.split(".")[0] == "kafka" for m in imported_modules(p))
-    )
+    users = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "worker").rglob("*.py") if any(m.split(".")[0] == "kafka" for m in imported_modules(p)))
     assert users, "the import scan found no kafka user at all: it is not looking at the code"
     assert all(u.startswith("worker/runtime/") for u in users), users
 

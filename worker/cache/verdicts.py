@@ -31,6 +31,7 @@ from redis.retry import Retry
 
 from worker.cache.circuit import CircuitBreaker, State
 from worker.cache.phash import band_layout, bands, hamming
+from worker.model.scores import Score
 
 log = structlog.get_logger(__name__)
 
@@ -38,26 +39,21 @@ KEY_PREFIX = "aigis:v1"
 T = TypeVar("T")
 
 
-@dataclass(frozen=True)
-class CachedScore:
-    score: float
-    head_scores: dict[str, float]
-    anomaly: dict[str, float]
+def dumps(score: Score) -> bytes:
+    """A cache entry: the score, compact JSON (the bundle and content hashes are in the key)."""
+    return json.dumps({"s": score.probability, "h": dict(score.heads), "a": dict(score.anomaly)}, separators=(",", ":")).encode()
 
-    def dumps(self) -> bytes:
-        return json.dumps({"s": self.score, "h": self.head_scores, "a": self.anomaly}, separators=(",", ":")).encode()
 
-    @classmethod
-    def loads(cls, raw: bytes) -> CachedScore:
-        d = json.loads(raw)
-        return cls(float(d["s"]), {k: float(v) for k, v in d.get("h", {}).items()}, {k: float(v) for k, v in d.get("a", {}).items()})
+def loads(raw: bytes) -> Score:
+    d = json.loads(raw)
+    return Score(float(d["s"]), {k: float(v) for k, v in d.get("h", {}).items()}, {k: float(v) for k, v in d.get("a", {}).items()})
 
 
 @dataclass(frozen=True)
 class NearMatch:
     """A stored image within the Hamming threshold of the one being looked up."""
 
-    score: CachedScore
+    score: Score
     content_sha256: str
     distance: int
 
@@ -68,7 +64,6 @@ class VerdictCache:
     def __init__(
         self,
         url: str,
-        bundle_sha256: str,
         ttl_s: int,
         timeout_s: float = 0.5,
         *,
@@ -77,7 +72,6 @@ class VerdictCache:
         client: redis.Redis | None = None,
     ) -> None:
         self.url = url
-        self.bundle_sha256 = bundle_sha256
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.client = client or redis.Redis.from_url(
@@ -93,10 +87,6 @@ class VerdictCache:
         self._on_error = on_error
         self._owns_client = client is None
 
-    def for_bundle(self, bundle_sha256: str) -> VerdictCache:
-        """The same connection and breaker, keyed for another bundle (hot swap, shadow)."""
-        return VerdictCache(self.url, bundle_sha256, self.ttl_s, self.timeout_s, breaker=self.breaker, on_error=self._on_error, client=self.client)
-
     @staticmethod
     def _log_state(state: State) -> None:
         log.warning("cache_circuit", state=state.name)
@@ -105,8 +95,15 @@ class VerdictCache:
     def available(self) -> bool:
         return self.breaker.state is not State.open
 
-    def key(self, content_sha256: str) -> str:
-        return f"{KEY_PREFIX}:{self.bundle_sha256}:{content_sha256}"
+    def __enter__(self) -> VerdictCache:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @staticmethod
+    def key(bundle_sha256: str, content_sha256: str) -> str:
+        return f"{KEY_PREFIX}:{bundle_sha256}:{content_sha256}"
 
     def _call(self, op: str, fn: Callable[[], T]) -> T | None:
         """Run one Redis round trip under the breaker; None when skipped or failed."""
@@ -123,25 +120,25 @@ class VerdictCache:
         self.breaker.success()
         return result
 
-    def get_many(self, shas: Iterable[str]) -> dict[str, CachedScore] | None:
+    def get_many(self, bundle_sha256: str, shas: Iterable[str]) -> dict[str, Score] | None:
         """Hits by content sha; ``None`` when Redis is unavailable (every lookup is then a miss)."""
         shas = list(dict.fromkeys(shas))
         if not shas:
             return {}
-        values = self._call("get", lambda: self.client.mget([self.key(s) for s in shas]))
+        values = self._call("get", lambda: self.client.mget([self.key(bundle_sha256, s) for s in shas]))
         if values is None:
             return None
-        hits: dict[str, CachedScore] = {}
+        hits: dict[str, Score] = {}
         for sha, raw in zip(shas, values, strict=True):
             if raw is None:
                 continue
             try:
-                hits[sha] = CachedScore.loads(raw)
+                hits[sha] = loads(raw)
             except (ValueError, KeyError, TypeError):
                 log.warning("cache_entry_corrupt", content_sha256=sha)
         return hits
 
-    def set_many(self, entries: Mapping[str, CachedScore], phashes: Mapping[str, int] | None = None, max_distance: int = 0) -> None:
+    def set_many(self, bundle_sha256: str, entries: Mapping[str, Score], phashes: Mapping[str, int] | None = None, max_distance: int = 0) -> None:
         """SET EX every score (and index the pHashes) in one pipelined round trip."""
         if not entries:
             return
@@ -149,24 +146,24 @@ class VerdictCache:
         def write() -> Any:
             pipe = self.client.pipeline(transaction=False)
             for sha, value in entries.items():
-                pipe.set(self.key(sha), value.dumps(), ex=self.ttl_s)
+                pipe.set(self.key(bundle_sha256, sha), dumps(value), ex=self.ttl_s)
             if phashes:
                 layout = band_layout(max_distance)
                 for sha, h in phashes.items():
                     if sha not in entries:
                         continue
                     member = f"{h:016x}:{sha}"
-                    for key in self._band_keys(h, layout):
+                    for key in self._band_keys(bundle_sha256, h, layout):
                         pipe.sadd(key, member)
                         pipe.expire(key, self.ttl_s)
             return pipe.execute()
 
         self._call("set", write)
 
-    def _band_keys(self, h: int, layout: list[tuple[int, int]]) -> list[str]:
-        return [f"{KEY_PREFIX}:ph:{self.bundle_sha256}:{len(layout)}:{i}:{v:x}" for i, v in enumerate(bands(h, layout))]
+    def _band_keys(self, bundle_sha256: str, h: int, layout: list[tuple[int, int]]) -> list[str]:
+        return [f"{KEY_PREFIX}:ph:{bundle_sha256}:{len(layout)}:{i}:{v:x}" for i, v in enumerate(bands(h, layout))]
 
-    def near_many(self, phashes: Mapping[str, int], max_distance: int) -> dict[str, NearMatch] | None:
+    def near_many(self, bundle_sha256: str, phashes: Mapping[str, int], max_distance: int) -> dict[str, NearMatch] | None:
         """For each content sha, the closest stored image within ``max_distance`` bits (two round trips)."""
         if not phashes:
             return {}
@@ -176,7 +173,7 @@ class VerdictCache:
         def candidates() -> Any:
             pipe = self.client.pipeline(transaction=False)
             for _, h in items:
-                for key in self._band_keys(h, layout):
+                for key in self._band_keys(bundle_sha256, h, layout):
                     pipe.smembers(key)
             return pipe.execute()
 
@@ -197,10 +194,10 @@ class VerdictCache:
         if not best:
             return {}
         others = list({o for _, o in best.values()})
-        values = self._call("get", lambda: self.client.mget([self.key(o) for o in others]))
+        values = self._call("get", lambda: self.client.mget([self.key(bundle_sha256, o) for o in others]))
         if values is None:
             return None
-        scores = {o: CachedScore.loads(v) for o, v in zip(others, values, strict=True) if v is not None}
+        scores = {o: loads(v) for o, v in zip(others, values, strict=True) if v is not None}
         return {sha: NearMatch(scores[o], o, d) for sha, (d, o) in best.items() if o in scores}
 
     def close(self) -> None:

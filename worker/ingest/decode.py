@@ -8,7 +8,7 @@ decoded (decompression bombs); the work a decoder may do per pixel is bounded
 :class:`~worker.errors.InputError` with a dead-letter code.
 
 Why each bound exists (each one was a real way to stall or blow up a worker,
-see ``tests/test_decode.py``):
+see ``tests/unit/ingest/test_decode.py``):
 
 * **Pixels, from the header.** A 45-byte PNG can declare 50000x50000. Our check
   runs right after the header is parsed, before any pixel is decoded. Pillow's

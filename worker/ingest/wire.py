@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from schemas import UPLOAD_SCHEMA_VERSION, ErrorCode, SourceRecord, UploadEvent
+from worker.config import inline_event_max_bytes
 from worker.errors import InputError
 
 #: Longest upload id accepted (the schemas' ``UploadId`` bound).
@@ -106,18 +107,27 @@ def looks_like_json(rec: InputRecord) -> bool:
     return (rec.value or b"").removeprefix(_BOM).lstrip()[:1] == b"{"
 
 
+def encodable(text: str) -> bool:
+    """True when ``text`` survives UTF-8 encoding (JSON's ``\\ud800`` escapes decode to lone surrogates that do not)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def best_effort_ids(rec: InputRecord) -> tuple[str | None, str | None]:
-    """Upload id and tenant for a dead letter, from whatever part of the record is readable."""
+    """Upload id and tenant for a dead letter, from whatever part of the record is readable (and encodable)."""
     upload_id, tenant = rec.key_text(), rec.header("tenant")
     if looks_like_json(rec):
         try:
             doc = json.loads(rec.value or b"")
             if isinstance(doc, dict):
                 uid = doc.get("upload_id")
-                if isinstance(uid, str) and 0 < len(uid) <= MAX_UPLOAD_ID_CHARS:
+                if isinstance(uid, str) and 0 < len(uid) <= MAX_UPLOAD_ID_CHARS and encodable(uid):
                     upload_id = uid  # the event's own id is the one its producer tracks
                 t = doc.get("tenant")
-                tenant = t if isinstance(t, str) else tenant
+                tenant = t if isinstance(t, str) and encodable(t) else tenant
         except (ValueError, RecursionError):
             pass
     if tenant is not None and len(tenant) > MAX_TENANT_CHARS:
@@ -151,8 +161,8 @@ def parse_record(rec: InputRecord, max_image_bytes: int) -> Upload:
 
 def _parse_json(rec: InputRecord, max_image_bytes: int) -> Upload:
     value = rec.value or b""
-    # base64 inflates by 4/3; anything far beyond that is too large before we even parse it.
-    if len(value) > max_image_bytes * 4 // 3 + 64 * 1024:
+    # base64 inflates by 4/3; anything beyond the envelope headroom is too large before we even parse it.
+    if len(value) > inline_event_max_bytes(max_image_bytes):
         raise InputError(ErrorCode.too_large, f"JSON event is {len(value)} bytes, too large for a {max_image_bytes}-byte image")
     try:
         doc = json.loads(value)  # bytes: json detects UTF-8/16/32 and a UTF-8 BOM itself

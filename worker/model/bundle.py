@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -19,11 +18,11 @@ import onnxruntime as ort
 from pydantic import ValidationError
 
 from schemas import BundleManifest, BundleRef, Head
+from worker.model.scores import ScoreBatch, fuse_log_odds
 from worker.model.sessions import OnnxModel
 
 MANIFEST = "manifest.json"
 FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
-_EPS = 1e-7
 
 
 class BundleError(RuntimeError):
@@ -64,38 +63,6 @@ def verify_files(bundle_dir: Path, manifest: BundleManifest) -> None:
             problems.append(f"{name}: sha256 {actual[:12]}… does not match manifest {expected[:12]}…")
     if problems:
         raise BundleError(f"bundle {bundle_dir} failed verification: " + "; ".join(problems))
-
-
-def logit(p: np.ndarray) -> np.ndarray:
-    p = np.clip(p.astype(np.float64), _EPS, 1 - _EPS)
-    return np.log(p) - np.log1p(-p)
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    return 1.0 / (1.0 + np.exp(-x))
-
-
-def fuse_log_odds(probabilities: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
-    """Weighted mean of the heads' log-odds, mapped back to a probability."""
-    total = float(sum(weights))
-    acc = sum(w * logit(p) for p, w in zip(probabilities, weights, strict=True))
-    return sigmoid(acc / total)
-
-
-@dataclass
-class ScoreBatch:
-    """Scores for a batch: fused probability plus per-head probabilities and anomaly signals."""
-
-    probability: np.ndarray
-    head_scores: dict[str, np.ndarray] = field(default_factory=dict)
-    anomaly: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def row(self, i: int) -> tuple[float, dict[str, float], dict[str, float]]:
-        return (
-            float(self.probability[i]),
-            {k: float(v[i]) for k, v in self.head_scores.items()},
-            {k: float(v[i]) for k, v in self.anomaly.items()},
-        )
 
 
 class LoadedBundle:
@@ -160,3 +127,6 @@ class LoadedBundle:
             embedding = self.backbone.run_bound({bb.input_name: pixels}, [bb.output_name], frozenset({bb.output_name}))[bb.output_name]
             return self.score_embeddings(embedding, native)
         return self.score_embeddings(self.embed(pixels), native)
+
+
+__all__ = ["MANIFEST", "BundleError", "LoadedBundle", "ScoreBatch", "file_sha256", "fuse_log_odds", "read_manifest", "verify_files"]

@@ -1,13 +1,20 @@
-"""Model rollout without a restart: hot swap of the bundle, and a shadow bundle.
+"""Model rollout without a restart: the single owner of the bundles being served.
 
-The worker watches ``manifest.json`` of its bundle (and of the shadow bundle)
-every ``--bundle-watch-interval-s`` and on SIGHUP. When the manifest's sha256
-differs from the loaded one, the new bundle is loaded and verified *beside* the
-old one (every file's sha256, fresh ONNX Runtime sessions) and only then
-swapped in; the next batch uses it, the batch in flight finishes on the old one.
-A bundle that fails to load (half-copied files, bad manifest) is refused with a
-log line and a metric, the old one keeps serving, and the load is retried with
-backoff, so a copy that completes later is picked up by itself.
+:class:`Rollout` holds the current :class:`Models` (primary bundle, optional
+shadow) and is the only object that changes it. The pipeline asks for
+``rollout.current()`` once per batch and keeps that snapshot until the batch is
+finished, so a swap can never mix two bundles inside one batch; nothing else
+keeps a reference to a bundle.
+
+The rollout watches ``manifest.json`` of its bundle (and of the shadow bundle)
+every ``watch_interval_s`` and on SIGHUP (:meth:`Rollout.request_reload`). When
+a manifest's sha256 differs from the loaded one, the new bundle is loaded and
+verified *beside* the old one (every file's sha256, fresh ONNX Runtime
+sessions) and only then swapped in; the next batch uses it, the batch in flight
+finishes on the old one. A bundle that fails to load (half-copied files, bad
+manifest) is refused with a log line and a metric, the old one keeps serving,
+and the load is retried with backoff, so a copy that completes later is picked
+up by itself.
 
 Publish a new bundle by writing its ONNX files first and ``manifest.json`` last
 (write to a temporary name and rename), or by repointing a symlink to a
@@ -22,16 +29,50 @@ from __future__ import annotations
 import hashlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from types import TracebackType
 
 import structlog
 
-from worker.config import WorkerConfig
 from worker.model.bundle import MANIFEST, LoadedBundle
 from worker.ops.metrics import WorkerMetrics
 
 log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Models:
+    """The bundles one batch is served with; immutable, so a batch keeps the snapshot it started with.
+
+    A fixed snapshot is its own source (:meth:`current`), which is how the
+    offline scorer and the evaluation run the pipeline on one bundle.
+    """
+
+    primary: LoadedBundle
+    shadow: LoadedBundle | None = None
+
+    def current(self) -> Models:
+        return self
+
+    @property
+    def bundles(self) -> list[LoadedBundle]:
+        return [self.primary] + ([self.shadow] if self.shadow is not None else [])
+
+    @cached_property
+    def draft_side(self) -> int | None:
+        """Shortest side JPEG draft decoding may shrink to; None when any bundle needs native pixels."""
+        if all(b.preprocess.allow_draft and b.native_crop_size is None for b in self.bundles):
+            return max(b.preprocess.image_size for b in self.bundles)
+        return None
+
+    @cached_property
+    def shadow_same_input(self) -> bool:
+        """The shadow reads exactly the primary's tensors, so none are computed twice."""
+        s = self.shadow
+        return s is not None and s.preprocess == self.primary.preprocess and s.native_crop_size == self.primary.native_crop_size
 
 
 def manifest_sha(bundle_dir: Path) -> str | None:
@@ -41,37 +82,41 @@ def manifest_sha(bundle_dir: Path) -> str | None:
         return None
 
 
-def load_bundle(cfg: WorkerConfig, path: Path) -> LoadedBundle:
-    return LoadedBundle(path, cfg.provider_list, cfg.intra_op_threads)
+def bundle_loader(providers: Sequence[str], intra_op_threads: int = 0) -> Callable[[Path], LoadedBundle]:
+    """How the rollout loads a bundle: the configured providers and thread count."""
+    return lambda path: LoadedBundle(path, providers, intra_op_threads)
 
 
-class BundleWatcher:
-    """Keeps the current (primary, shadow) pair and swaps in new versions as they appear."""
+class Rollout:
+    """Owns the current :class:`Models` and swaps in new versions as they appear (context manager: the watch thread)."""
 
     def __init__(
         self,
-        cfg: WorkerConfig,
-        on_swap: Callable[[LoadedBundle, LoadedBundle | None], None],
+        bundle: Path,
+        shadow_bundle: Path | None,
+        load: Callable[[Path], LoadedBundle],
+        watch_interval_s: float,
         metrics: WorkerMetrics | None = None,
-        loader: Callable[[WorkerConfig, Path], LoadedBundle] = load_bundle,
     ) -> None:
-        assert cfg.bundle is not None
-        self.cfg = cfg
-        self.metrics = metrics
-        self._loader = loader
-        self._on_swap = on_swap
-        self.primary = loader(cfg, cfg.bundle)
-        self.shadow = loader(cfg, cfg.shadow_bundle) if cfg.shadow_bundle else None
+        self.paths = (bundle, shadow_bundle)
+        self.watch_interval_s = watch_interval_s
+        self.metrics = metrics or WorkerMetrics()
+        self._load = load
+        self._models = Models(load(bundle), load(shadow_bundle) if shadow_bundle else None)
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._failed: dict[Path, tuple[str | None, float, float]] = {}  # path -> (manifest sha, retry at, backoff)
         self._thread = threading.Thread(target=self._run, name="bundle-watch", daemon=True)
         self._publish_info()
 
-    def start(self) -> None:
-        self._thread.start()
+    def current(self) -> Models:
+        return self._models  # one attribute read: a swap is one attribute write
 
-    def stop(self) -> None:
+    def __enter__(self) -> Rollout:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object | TracebackType | None) -> None:
         self._stop.set()
         self._wake.set()
 
@@ -81,15 +126,14 @@ class BundleWatcher:
         self._wake.set()
 
     def _publish_info(self) -> None:
-        if self.metrics is None:
-            return
-        values = {("primary", self.primary.ref.name, self.primary.ref.version, self.primary.sha256): 1.0}
-        if self.shadow is not None:
-            values[("shadow", self.shadow.ref.name, self.shadow.ref.version, self.shadow.sha256)] = 1.0
+        m = self._models
+        values = {("primary", m.primary.ref.name, m.primary.ref.version, m.primary.sha256): 1.0}
+        if m.shadow is not None:
+            values[("shadow", m.shadow.ref.name, m.shadow.ref.version, m.shadow.sha256)] = 1.0
         self.metrics.bundle_info.replace(values)
 
     def _run(self) -> None:
-        interval = self.cfg.bundle_watch_interval_s or None
+        interval = self.watch_interval_s or None
         while not self._stop.is_set():
             self._wake.wait(interval)
             self._wake.clear()
@@ -108,12 +152,11 @@ class BundleWatcher:
         if failed is not None and failed[0] == sha and time.monotonic() < failed[1]:
             return None
         try:
-            new = self._loader(self.cfg, path)
+            new = self._load(path)
         except Exception as exc:
-            backoff = min(60.0, (failed[2] * 2) if failed and failed[0] == sha else max(1.0, self.cfg.bundle_watch_interval_s))
+            backoff = min(60.0, (failed[2] * 2) if failed and failed[0] == sha else max(1.0, self.watch_interval_s))
             self._failed[path] = (sha, time.monotonic() + backoff, backoff)
-            if self.metrics is not None:
-                self.metrics.bundle_reloads.inc(1, "failed")
+            self.metrics.bundle_reloads.inc(1, "failed")
             log.error("bundle_reload_refused", path=str(path), error=str(exc)[:500], keeping=current.sha256, retry_in_s=backoff)
             return None
         self._failed.pop(path, None)
@@ -121,23 +164,21 @@ class BundleWatcher:
 
     def check(self) -> bool:
         """Load and swap in whatever changed; True when a swap happened."""
-        primary = self._candidate(self.cfg.bundle, self.primary)  # type: ignore[arg-type]
-        shadow = self._candidate(self.cfg.shadow_bundle, self.shadow) if (self.cfg.shadow_bundle and self.shadow) else None
+        old = self._models
+        bundle, shadow_bundle = self.paths
+        primary = self._candidate(bundle, old.primary)
+        shadow = self._candidate(shadow_bundle, old.shadow) if (shadow_bundle and old.shadow) else None
         if primary is None and shadow is None:
             return False
-        old = self.primary
-        self.primary = primary or self.primary
-        self.shadow = shadow or self.shadow
-        self._on_swap(self.primary, self.shadow)
+        self._models = new = Models(primary or old.primary, shadow or old.shadow)
         self._publish_info()
-        if self.metrics is not None:
-            self.metrics.bundle_reloads.inc(1, "swapped")
+        self.metrics.bundle_reloads.inc(1, "swapped")
         log.info(
             "bundle_swapped",
-            previous=old.sha256,
-            bundle=self.primary.ref.name,
-            version=self.primary.ref.version,
-            sha256=self.primary.sha256,
-            shadow=self.shadow.sha256 if self.shadow else None,
+            previous=old.primary.sha256,
+            bundle=new.primary.ref.name,
+            version=new.primary.ref.version,
+            sha256=new.primary.sha256,
+            shadow=new.shadow.sha256 if new.shadow else None,
         )
         return True

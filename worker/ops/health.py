@@ -116,6 +116,13 @@ class HealthServer:
         self.port = self.server.server_address[1]
         self._thread = threading.Thread(target=self.server.serve_forever, name="health-http", daemon=True)
 
+    def __enter__(self) -> HealthServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def start(self) -> None:
         self._thread.start()
         log.info("health_server_started", port=self.port, paths=["/metrics", "/healthz", "/readyz"])

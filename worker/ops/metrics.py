@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import math
 import threading
-from collections.abc import Callable, Iterable, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -212,11 +214,26 @@ class WorkerMetrics:
         self.stale_dropped = Counter(r, "aigis_stale_records_dropped_total", "In-flight records dropped because their partition was revoked.")
         self.commits = Counter(r, "aigis_commits_total", "Offset commits by result.", ["result"])
         self.delivery_retries = Counter(r, "aigis_delivery_retries_total", "Batches whose outcomes had to be produced again.")
+        self.outcomes_reduced = Counter(
+            r, "aigis_outcomes_reduced_total", "Outcomes replaced by a minimal dead letter because the broker refused them, by reason.", ["reason"]
+        )
+        self.outcomes_dropped = Counter(
+            r, "aigis_outcomes_dropped_total", "Records committed past without an outcome: the broker refused even the minimal dead letter.", ["error"]
+        )
         self.inference_retries = Counter(r, "aigis_inference_retries_total", "Inference chunks that failed and were split.")
         self.bundle_info = Gauge(r, "aigis_bundle_info", "Loaded bundles (value 1), by role.", ["role", "name", "version", "sha256"])
         self.bundle_reloads = Counter(r, "aigis_bundle_reloads_total", "Hot-swap attempts by result.", ["result"])
         self.decode_abandoned = Gauge(r, "aigis_decode_threads_abandoned", "Decode threads still busy on an item that hit the decode time limit.")
         self.loop_age = Gauge(r, "aigis_loop_progress_age_seconds", "Seconds since the poll loop last made progress.")
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        """Observe the wall time of the ``with`` block as ``aigis_stage_seconds{stage=...}``."""
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.stage_seconds.observe(time.perf_counter() - t0, stage)
 
     def _hit_ratio(self) -> float:
         hits = self.cache_lookups.value("hit") + self.cache_lookups.value("near_duplicate")

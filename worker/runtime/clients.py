@@ -15,12 +15,9 @@ from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
+from worker.config import message_bytes_for
+
 log = structlog.get_logger(__name__)
-
-
-def message_bytes_for(max_image_bytes: int) -> int:
-    """Largest record value a topic must accept: base64 of the image plus envelope headroom."""
-    return max_image_bytes * 4 // 3 + 256 * 1024
 
 
 def make_consumer(

@@ -18,7 +18,9 @@ from worker.config import WorkerConfig
 from worker.ingest.decode_pool import DecodePool
 from worker.ingest.wire import InputRecord
 from worker.model.bundle import LoadedBundle
+from worker.model.rollout import Models
 from worker.pipeline.batch import BatchProcessor
+from worker.pipeline.items import PipelineSettings
 
 
 def big_smooth_png(side: int = 6000) -> bytes:
@@ -40,12 +42,12 @@ def test_slow_decode_is_dead_lettered_and_the_pool_keeps_working(tiny_bundle: Pa
         # 20 ms cannot decode and resize 36 megapixels. (The small images get a generous limit in a second
         # pass below, so a busy shared machine cannot time them out too.)
         cfg = WorkerConfig(bundle=tiny_bundle, redis_url="", decode_timeout_s=0.02, max_image_pixels=40_000_000)
-        outcomes = BatchProcessor(cfg, bundle, None, pool).process(records[:1])
+        outcomes = BatchProcessor(PipelineSettings.from_config(cfg), Models(bundle), None, pool).process(records[:1])
         assert outcomes[0].dead_letter is not None and outcomes[0].dead_letter.error_code.value == "decode_timeout"
         assert pool.timeouts == 1
 
         relaxed = WorkerConfig(bundle=tiny_bundle, redis_url="", decode_timeout_s=30)
-        outcomes = BatchProcessor(relaxed, bundle, None, pool).process(records[1:])
+        outcomes = BatchProcessor(PipelineSettings.from_config(relaxed), Models(bundle), None, pool).process(records[1:])
         assert all(o.verdict is not None for o in outcomes), [o.dead_letter for o in outcomes]
     finally:
         pool.shutdown(wait=False)

@@ -26,8 +26,10 @@ from devkit.images import unique_jpegs
 from worker.config import WorkerConfig
 from worker.ingest.wire import InputRecord
 from worker.model.bundle import LoadedBundle
+from worker.model.rollout import Models
 from worker.ops.metrics import WorkerMetrics
 from worker.pipeline.batch import BatchProcessor
+from worker.pipeline.items import PipelineSettings
 
 CROP = 16
 
@@ -102,7 +104,7 @@ def test_one_bad_image_is_dead_lettered_and_the_rest_of_its_batch_scored(poisone
     metrics = WorkerMetrics()
     cfg = WorkerConfig(bundle=poisoned_bundle, redis_url="", max_batch=8)
     with ThreadPoolExecutor(2) as pool:
-        outcomes = BatchProcessor(cfg, bundle, None, pool, metrics=metrics).process(records)
+        outcomes = BatchProcessor(PipelineSettings.from_config(cfg), Models(bundle), None, pool, metrics).process(records)
 
     assert len(outcomes) == len(records)
     bad = outcomes[5]

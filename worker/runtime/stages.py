@@ -1,0 +1,120 @@
+"""The three stage threads, each calling one method: prepare, finish, deliver.
+
+::
+
+    inbox ──► prepare ──(1)──► infer ──(1)──► deliver
+              BatchProcessor   BatchProcessor  Deliverer
+              .prepare         .finish         .deliver
+
+* **prepare** forms micro-batches (``max_batch`` / ``max_wait_ms``), drops
+  records whose partition was revoked meanwhile, and runs parse, fetch, hash,
+  cache lookup and the decode fan-out;
+* **infer** runs ONNX Runtime (overlapping the next batch's decode), the shadow
+  bundle, the cache write and builds the outcomes;
+* **deliver** produces them and marks their offsets done once acknowledged.
+
+Queues of one between stages bound the memory held. A stage that raises is a
+bug: the worker stops, commits nothing past it, and exits 2.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Callable
+from types import TracebackType
+
+from worker.ops.health import Liveness
+from worker.ops.metrics import WorkerMetrics
+from worker.pipeline.batch import BatchProcessor
+from worker.pipeline.items import PreparedBatch
+from worker.pipeline.outcomes import Outcome
+from worker.runtime.batcher import MicroBatcher
+from worker.runtime.delivery import Deliverer
+from worker.runtime.lifecycle import Lifecycle
+from worker.runtime.offsets import OffsetTracker
+from worker.runtime.work import Work
+
+
+class Stages:
+    """Starts the stage threads (context manager); ``alive`` tells the poll loop when a drain is over."""
+
+    def __init__(
+        self,
+        *,
+        inbox: queue.Queue[Work],
+        processor: BatchProcessor,
+        deliverer: Deliverer,
+        tracker: OffsetTracker,
+        lifecycle: Lifecycle,
+        liveness: Liveness,
+        metrics: WorkerMetrics,
+        max_batch: int,
+        max_wait_ms: int,
+    ) -> None:
+        self.processor = processor
+        self.deliverer = deliverer
+        self.tracker = tracker
+        self.lifecycle = lifecycle
+        self.liveness = liveness
+        self.metrics = metrics
+        self.batcher = MicroBatcher(inbox, max_batch, max_wait_ms, lifecycle.stop.is_set)
+        self._to_infer: queue.Queue[tuple[list[Work], PreparedBatch] | None] = queue.Queue(maxsize=1)
+        self._to_deliver: queue.Queue[tuple[list[Work], list[Outcome]] | None] = queue.Queue(maxsize=1)
+        self._threads = [
+            threading.Thread(target=self._guard, args=(name, body), name=f"stage-{name}", daemon=True)
+            for name, body in (("prepare", self._prepare), ("infer", self._infer), ("deliver", self._deliver))
+        ]
+
+    def __enter__(self) -> Stages:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc: object | TracebackType | None) -> None:
+        self.lifecycle.stop.set()  # the threads are daemons; a drain already waited for them if it could
+
+    def alive(self) -> bool:
+        return any(t.is_alive() for t in self._threads)
+
+    def _guard(self, name: str, body: Callable[[], None]) -> None:
+        try:
+            body()
+        except BaseException as exc:  # a bug: stop cleanly, replay what is not committed
+            self.lifecycle.crash(name, exc)
+
+    def _prepare(self) -> None:
+        try:
+            while works := self.batcher.next_batch():
+                live = [w for w in works if self.tracker.is_current(w.tp, w.generation)]
+                self.deliverer.count_stale(len(works) - len(live))
+                if not live:
+                    continue
+                self.metrics.batch_size.observe(len(live))
+                self.liveness.busy("prepare")
+                batch = self.processor.prepare([w.record for w in live])
+                self.liveness.idle("prepare")
+                self._to_infer.put((live, batch))
+        finally:
+            # Records still in the inbox when draining were never started: the next owner of their
+            # partitions replays them from the committed offset.
+            self._to_infer.put(None)
+
+    def _infer(self) -> None:
+        try:
+            while (item := self._to_infer.get()) is not None:
+                works, batch = item
+                if self.lifecycle.abort.is_set():
+                    continue
+                self.liveness.busy("infer")
+                outcomes = self.processor.finish(batch)
+                self.liveness.idle("infer")
+                self._to_deliver.put((works, outcomes))
+        finally:
+            self._to_deliver.put(None)
+
+    def _deliver(self) -> None:
+        while (item := self._to_deliver.get()) is not None:
+            self.liveness.busy("deliver")
+            self.deliverer.deliver(*item)
+            self.liveness.idle("deliver")
