@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -194,25 +195,34 @@ def http_get(port: int, path: str, timeout: float = 2.0) -> tuple[int, str]:
         return 0, str(exc)
 
 
-def metric(body: str, name: str, /, **labels: str) -> float | None:
-    """Value of one series in a Prometheus text exposition (None when absent)."""
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+_SERIES = re.compile(r"^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(?P<labels>.*)\})?\s+(?P<value>\S+)$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def series(body: str) -> list[tuple[str, dict[str, str], float]]:
+    """Every sample of a Prometheus text exposition: (name, labels, value)."""
+    out = []
     for line in body.splitlines():
-        if line.startswith("#") or not line:
+        if not line or line.startswith("#"):
             continue
-        series, _, value = line.rpartition(" ")
-        if series == name or (want and series == f"{name}{{{want}}}"):
-            return float(value)
+        m = _SERIES.match(line)
+        if m:
+            labels = dict(_LABEL.findall(m.group("labels") or ""))
+            out.append((m.group("name"), labels, float(m.group("value"))))
+    return out
+
+
+def metric(body: str, name: str, /, **labels: str) -> float | None:
+    """Value of one series in a Prometheus text exposition (None when absent); labels match in any order."""
+    for n, have, value in series(body):
+        if n == name and have == labels:
+            return value
     return None
 
 
 def metric_sum(body: str, name: str) -> float:
     """Sum of every series of a metric (all label sets)."""
-    total = 0.0
-    for line in body.splitlines():
-        if line.startswith(name + "{") or line.startswith(name + " "):
-            total += float(line.rpartition(" ")[2])
-    return total
+    return sum(value for n, _, value in series(body) if n == name)
 
 
 def wait_until(cond: Callable[[], bool], timeout_s: float, what: str, interval_s: float = 0.2) -> None:
