@@ -11,7 +11,7 @@ help:
 	@echo "make demo   - start a throwaway broker + Redis, build a demo bundle, stream images through one worker"
 	@echo "make test   - the whole test suite (real broker and redis-server, started by the fixtures)"
 	@echo "make test-fast - the unit tests only (tests/unit, under a minute, no broker)"
-	@echo "make lint   - ruff"
+	@echo "make lint   - ruff (lint + format check) and mypy"
 	@echo "make schemas - regenerate the JSON Schema files in schemas/"
 
 $(STAMP): pyproject.toml
@@ -32,6 +32,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check worker export schemas tests devkit bench
 	$(BIN)/ruff format --check worker export schemas tests devkit bench
+	$(BIN)/python -m mypy worker schemas devkit
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas

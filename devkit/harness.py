@@ -25,6 +25,7 @@ from kafka import KafkaConsumer, TopicPartition
 from PIL import Image
 
 from devkit.faults import wants_faults
+from devkit.servers import DevServers
 from worker.runtime.clients import ensure_topics, make_consumer, make_producer
 
 MAX_IMAGE_BYTES = 10 * 1024 * 1024
@@ -80,7 +81,7 @@ def publish(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, byte
     return ends
 
 
-def worker_env(servers, topics: Topics, bundle: Path, **extra: str) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def worker_env(servers: DevServers, topics: Topics, bundle: Path, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
         {
@@ -119,7 +120,7 @@ class OutputReader:
     """Reads verdict and dead-letter topics from the beginning, without a group."""
 
     def __init__(self, bootstrap: str, topics: Topics) -> None:
-        self.consumer = make_consumer(bootstrap, topics.verdicts, None, MAX_IMAGE_BYTES, client_id="test-reader")  # type: ignore[arg-type]
+        self.consumer = make_consumer(bootstrap, topics.verdicts, None, MAX_IMAGE_BYTES, client_id="test-reader")
         self.consumer.unsubscribe()
         parts = []
         for topic in (topics.verdicts, topics.dead):

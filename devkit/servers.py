@@ -196,7 +196,7 @@ class DevServers:
 def dev_servers(workdir: Path | None = None) -> Iterator[DevServers]:
     """Start (or reuse, via AIGIS_TEST_KAFKA / AIGIS_TEST_REDIS) a broker and Redis; stop them on exit."""
     own_tmp = workdir is None
-    wd = Path(tempfile.mkdtemp(prefix="aigis-dev-")) if own_tmp else workdir
+    wd = Path(tempfile.mkdtemp(prefix="aigis-dev-")) if workdir is None else workdir
     wd.mkdir(parents=True, exist_ok=True)
     servers = DevServers("", "", wd)
     try:

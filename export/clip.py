@@ -40,7 +40,7 @@ class ImageEncoder(torch.nn.Module):
 
     def __init__(self, clip_model: torch.nn.Module) -> None:
         super().__init__()
-        self.visual = clip_model.visual
+        self.visual: torch.nn.Module = clip_model.visual  # type: ignore[assignment]  # nn.Module.__getattr__ is typed Tensor | Module
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.visual(pixel_values)

@@ -12,15 +12,15 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 #: Versions of the event schemas this code reads and writes. A reader refuses a
 #: higher version (``unsupported_schema_version``) rather than guessing.
-UPLOAD_SCHEMA_VERSION = 1
-VERDICT_SCHEMA_VERSION = 1
-DEAD_LETTER_SCHEMA_VERSION = 1
+UPLOAD_SCHEMA_VERSION: Final = 1
+VERDICT_SCHEMA_VERSION: Final = 1
+DEAD_LETTER_SCHEMA_VERSION: Final = 1
 
 UploadId = Annotated[str, Field(min_length=1, max_length=512, description="Producer-assigned id of the upload; the Kafka key of every event about it.")]
 

@@ -32,12 +32,11 @@ from worker.ops.health import HealthServer, Liveness
 from worker.ops.metrics import WorkerMetrics
 from worker.pipeline.batch import BatchProcessor
 from worker.pipeline.items import PipelineSettings
-from worker.runtime.clients import ensure_topics, make_consumer, make_producer
+from worker.runtime.clients import ConsumerSettings, ensure_topics, make_producer
 from worker.runtime.delivery import Deliverer
 from worker.runtime.lifecycle import Lifecycle
 from worker.runtime.loop import PollLoop
 from worker.runtime.offsets import OffsetTracker
-from worker.runtime.rebalance import RebalanceListener
 from worker.runtime.stages import Stages
 from worker.runtime.work import Work
 
@@ -114,23 +113,8 @@ class WorkerApp:
     def _poll_loop(self, pool: DecodePool, stages: Stages) -> PollLoop:
         cfg = self.cfg
 
-        def connect(listener: RebalanceListener):  # type: ignore[no-untyped-def]
-            return make_consumer(
-                cfg.bootstrap_servers,
-                cfg.input_topic,
-                cfg.group_id,
-                cfg.max_image_bytes,
-                cfg.client_id,
-                listener=listener,
-                auto_offset_reset=cfg.auto_offset_reset,
-                session_timeout_ms=cfg.session_timeout_ms,
-                heartbeat_interval_ms=min(cfg.heartbeat_interval_ms, cfg.session_timeout_ms // 3),
-                max_poll_interval_ms=cfg.max_poll_interval_ms,
-                fetch_max_wait_ms=cfg.fetch_max_wait_ms,
-            )
-
         return PollLoop(
-            connect=connect,
+            connect=ConsumerSettings.from_config(cfg).connect,
             tracker=self.tracker,
             emit_lock=self.emit_lock,
             inbox=self.inbox,

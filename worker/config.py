@@ -168,7 +168,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     groups = {key: parser.add_argument_group(title) for key, title in _GROUPS.items()}
     for name, info in WorkerConfig.model_fields.items():
         extra = info.json_schema_extra or {}
-        group = groups[extra.get("group", "ops")] if isinstance(extra, dict) else parser
+        group = groups[str(extra.get("group", "ops"))] if isinstance(extra, dict) else parser
         flag = "--" + name.replace("_", "-")
         default = info.default
         shown = "unset" if default is None or default == "" else default

@@ -44,7 +44,7 @@ def dumps(score: Score) -> bytes:
     return json.dumps({"s": score.probability, "h": dict(score.heads), "a": dict(score.anomaly)}, separators=(",", ":")).encode()
 
 
-def loads(raw: bytes) -> Score:
+def loads(raw: bytes | str) -> Score:
     d = json.loads(raw)
     return Score(float(d["s"]), {k: float(v) for k, v in d.get("h", {}).items()}, {k: float(v) for k, v in d.get("a", {}).items()})
 

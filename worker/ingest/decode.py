@@ -275,9 +275,9 @@ def decode_image(data: bytes, limits: DecodeLimits, draft_short_side: int | None
         raise InputError(_value_error_code(exc), f"cannot decode {fmt} data: {exc}") from None
     except Exception as exc:  # truncated data, corrupt streams, decoder errors
         raise InputError(ErrorCode.undecodable, f"cannot decode {fmt} data: {type(exc).__name__}: {exc}") from None
-    img = _apply_orientation(img)
+    upright: Image.Image = _apply_orientation(img)
     try:
-        rgb = _to_rgb(img)
+        rgb = _to_rgb(upright)
     except Exception as exc:
         raise InputError(ErrorCode.undecodable, f"cannot convert mode {img.mode} to RGB: {exc}") from None
     return DecodedImage(rgb, fmt, (w, h), animated)

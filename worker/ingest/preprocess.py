@@ -95,8 +95,8 @@ def native_crop(img: Image.Image, size: int) -> np.ndarray:
     h, w = arr.shape[:2]
     if h < size or w < size:
         ph, pw = max(0, size - h), max(0, size - w)
-        mode = "reflect" if h > ph and w > pw else "symmetric"
-        arr = np.pad(arr, ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0)), mode=mode)
+        widths = ((ph // 2, ph - ph // 2), (pw // 2, pw - pw // 2), (0, 0))
+        arr = np.pad(arr, widths, mode="reflect") if h > ph and w > pw else np.pad(arr, widths, mode="symmetric")
         h, w = arr.shape[:2]
     left, top, right, bottom = center_crop_box(w, h, size)
     crop = arr[top:bottom, left:right]

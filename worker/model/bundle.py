@@ -109,7 +109,7 @@ class LoadedBundle:
                         raise BundleError(f"head {head.name} needs native crops but none were given")
                     feeds[inp.name] = native
             names = [head.probability_output, *head.anomaly_outputs]
-            out = model.run_bound(feeds, names) if self.io_binding else model.run(feeds, names)  # type: ignore[arg-type]
+            out = model.run_bound(feeds, names) if self.io_binding else model.run(feeds, names)
             head_probs[head.name] = np.asarray(out[head.probability_output], dtype=np.float64).reshape(-1)
             for name in head.anomaly_outputs:
                 anomaly[f"{head.name}.{name}"] = np.asarray(out[name], dtype=np.float64).reshape(-1)

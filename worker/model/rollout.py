@@ -127,7 +127,7 @@ class Rollout:
 
     def _publish_info(self) -> None:
         m = self._models
-        values = {("primary", m.primary.ref.name, m.primary.ref.version, m.primary.sha256): 1.0}
+        values: dict[tuple[str, ...], float] = {("primary", m.primary.ref.name, m.primary.ref.version, m.primary.sha256): 1.0}
         if m.shadow is not None:
             values[("shadow", m.shadow.ref.name, m.shadow.ref.version, m.shadow.sha256)] = 1.0
         self.metrics.bundle_info.replace(values)

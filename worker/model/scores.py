@@ -56,5 +56,5 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
 def fuse_log_odds(probabilities: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
     """Weighted mean of the heads' log-odds, mapped back to a probability."""
     total = float(sum(weights))
-    acc = sum(w * logit(p) for p, w in zip(probabilities, weights, strict=True))
+    acc = np.sum([w * logit(p) for p, w in zip(probabilities, weights, strict=True)], axis=0)
     return sigmoid(acc / total)

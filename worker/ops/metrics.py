@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from typing import Any
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector, generate_latest
@@ -52,20 +53,22 @@ class Registry:
 
 
 class _Labelled:
+    _metric: Any  # the prometheus_client Counter / Gauge / Histogram behind the adapter
+
     def __init__(self, registry: Registry, name: str, labels: Sequence[str]) -> None:
         self.name = name
         self.label_names = tuple(labels)
 
-    def _child(self, labels: Sequence[str]):  # type: ignore[no-untyped-def]  # a prometheus_client metric or its child
+    def _child(self, labels: Sequence[str]) -> Any:  # a prometheus_client metric, or its child for these labels
         if len(labels) != len(self.label_names):
             raise ValueError(f"{self.name} takes labels {self.label_names}, got {tuple(labels)}")
-        return self._metric.labels(*labels) if labels else self._metric  # type: ignore[attr-defined]
+        return self._metric.labels(*labels) if labels else self._metric
 
     def _samples(self, name: str, labels: Sequence[str] | None = None) -> list[float]:
         """Values of this metric's samples called ``name`` (with these label values), read from the metric
         itself: collecting the whole registry from inside a scrape-time callback would recurse."""
         want = None if labels is None else dict(zip(self.label_names, (str(v) for v in labels), strict=True))
-        return [s.value for m in self._metric.collect() for s in m.samples if s.name == name and (want is None or s.labels == want)]  # type: ignore[attr-defined]
+        return [s.value for m in self._metric.collect() for s in m.samples if s.name == name and (want is None or s.labels == want)]
 
 
 class Counter(_Labelled):

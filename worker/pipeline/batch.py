@@ -226,7 +226,9 @@ class BatchProcessor:
         with self.metrics.timed("shadow"):
             results = shadow_scores(shadow, [p.shadow_input(same) for _, p in scored], self.settings.max_batch)
         for (sha, _), result in zip(scored, results, strict=True):
-            for it in pb.misses.get(sha, []) if result is not None else []:
+            if result is None:
+                continue
+            for it in pb.misses.get(sha, []):
                 it.shadow = result
                 log.info(
                     "shadow_score",

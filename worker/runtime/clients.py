@@ -9,19 +9,20 @@ from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass
 
 import structlog
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import ConsumerRebalanceListener, KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.admin import NewTopic
 from kafka.errors import KafkaError, TopicAlreadyExistsError
 
-from worker.config import message_bytes_for
+from worker.config import WorkerConfig, message_bytes_for
 
 log = structlog.get_logger(__name__)
 
 
 def make_consumer(
-    bootstrap: str, topic: str, group_id: str, max_image_bytes: int, client_id: str = "aigis-worker", listener: object | None = None, **kw: object
+    bootstrap: str, topic: str, group_id: str | None, max_image_bytes: int, client_id: str = "aigis-worker", listener: object | None = None, **kw: object
 ) -> KafkaConsumer:
     """A consumer sized for whole images, subscribed to ``topic`` (with a rebalance listener if given).
 
@@ -45,6 +46,53 @@ def make_consumer(
     if listener is not None:
         consumer.subscribe(topics=[topic], listener=listener)
     return consumer
+
+
+@dataclass(frozen=True)
+class ConsumerSettings:
+    """How the worker's consumer is made: the input topic and group, and the group timing options."""
+
+    bootstrap_servers: str
+    topic: str
+    group_id: str
+    max_image_bytes: int
+    client_id: str
+    auto_offset_reset: str
+    session_timeout_ms: int
+    heartbeat_interval_ms: int
+    max_poll_interval_ms: int
+    fetch_max_wait_ms: int
+
+    @classmethod
+    def from_config(cls, cfg: WorkerConfig) -> ConsumerSettings:
+        return cls(
+            cfg.bootstrap_servers,
+            cfg.input_topic,
+            cfg.group_id,
+            cfg.max_image_bytes,
+            cfg.client_id,
+            cfg.auto_offset_reset,
+            cfg.session_timeout_ms,
+            min(cfg.heartbeat_interval_ms, cfg.session_timeout_ms // 3),
+            cfg.max_poll_interval_ms,
+            cfg.fetch_max_wait_ms,
+        )
+
+    def connect(self, listener: ConsumerRebalanceListener) -> KafkaConsumer:
+        """A consumer subscribed with ``listener`` (the poll loop owns it from here)."""
+        return make_consumer(
+            self.bootstrap_servers,
+            self.topic,
+            self.group_id,
+            self.max_image_bytes,
+            self.client_id,
+            listener=listener,
+            auto_offset_reset=self.auto_offset_reset,
+            session_timeout_ms=self.session_timeout_ms,
+            heartbeat_interval_ms=self.heartbeat_interval_ms,
+            max_poll_interval_ms=self.max_poll_interval_ms,
+            fetch_max_wait_ms=self.fetch_max_wait_ms,
+        )
 
 
 def make_producer(bootstrap: str, max_image_bytes: int, client_id: str = "aigis-worker", **kw: object) -> KafkaProducer:

@@ -19,9 +19,10 @@ import threading
 import time
 from collections.abc import Callable
 from types import TracebackType
+from typing import Any
 
 import structlog
-from kafka import KafkaConsumer
+from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from kafka.structs import MemberState
 
@@ -127,7 +128,7 @@ class PollLoop:
             self._take(polled)
         self._member_stable = consumer.group_metadata().state == MemberState.STABLE
 
-    def _take(self, polled: dict) -> None:  # type: ignore[type-arg]  # kafka-python's untyped poll() result
+    def _take(self, polled: dict[TopicPartition, list[Any]]) -> None:
         for tp, records in polled.items():
             gen = self.tracker.added(tp, [r.offset for r in records])
             if gen is None:  # not ours (any more): never handed over, never committed
