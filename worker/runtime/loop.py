@@ -29,15 +29,13 @@ from kafka.structs import MemberState
 from worker.ingest.wire import InputRecord
 from worker.ops.health import Liveness
 from worker.ops.metrics import WorkerMetrics
+from worker.runtime.checkpoint import Checkpoint
 from worker.runtime.lifecycle import EXIT_FATAL, EXIT_GRACE_EXPIRED, EXIT_OK, Lifecycle
 from worker.runtime.offsets import OffsetTracker
 from worker.runtime.rebalance import RebalanceListener
 from worker.runtime.work import Work
 
 log = structlog.get_logger(__name__)
-
-#: An asynchronous commit unanswered for this long is given up on (the client's request timeout is 30 s).
-COMMIT_ANSWER_S = 35.0
 
 
 class PollLoop:
@@ -71,12 +69,11 @@ class PollLoop:
         self.stages_alive = stages_alive
         self.each_second = each_second
         self.listener = RebalanceListener(tracker, emit_lock, metrics)
+        self.checkpoint = Checkpoint(tracker, self.listener.committed, metrics)
         self.consumer: KafkaConsumer | None = None
         self._member_stable = False
         self._heartbeat_age: float | None = None
         self._last_input: float | None = None
-        self._commit_in_flight = False
-        self._commit_started = 0.0
 
     def __enter__(self) -> PollLoop:
         self.consumer = self.listener.consumer = self._connect(self.listener)
@@ -84,7 +81,7 @@ class PollLoop:
 
     def __exit__(self, *exc: object | TracebackType | None) -> None:
         if self.consumer is not None:
-            self._commit(self.consumer, wait=True)
+            self.checkpoint.commit(self.consumer, wait=True)
             self.consumer.close(autocommit=False, timeout_ms=10_000)  # revoke listener commits the rest, then leaves the group
 
     # -- the loop ------------------------------------------------------------------------
@@ -101,7 +98,7 @@ class PollLoop:
                 deadline = time.monotonic() + self.lifecycle.shutdown_grace_s
                 log.info("draining", in_flight=self.tracker.in_flight, grace_s=self.lifecycle.shutdown_grace_s)
             self._poll(consumer)
-            self._commit(consumer)
+            self.checkpoint.commit(consumer)
             now = time.monotonic()
             if now - last_second >= 1.0:
                 self._each_second(consumer)
@@ -151,52 +148,6 @@ class PollLoop:
             return False
         last = max(self._last_input or 0.0, self.listener.assigned_at)
         return now - last > self.exit_when_idle_s
-
-    def _commit(self, consumer: KafkaConsumer, wait: bool = False) -> None:
-        """Commit the done prefix; asynchronously in the loop (one commit in flight), synchronously at the end.
-
-        A synchronous commit is a broker round trip during which the loop cannot
-        poll (a few ms per batch, most of the low-load latency budget); the
-        asynchronous one returns at once and its acknowledgement updates the
-        tracker when it comes. Either way only acknowledged outcomes are ever
-        committed, so a crash replays, never skips.
-        """
-        if not wait and self._commit_in_flight and time.monotonic() - self._commit_started < COMMIT_ANSWER_S:
-            return
-        offsets = self.tracker.to_commit()
-        if not offsets:
-            return
-        if not wait:
-            self._commit_in_flight, self._commit_started = True, time.monotonic()
-            started = time.perf_counter()
-
-            def done(_offsets: object, result: object) -> None:
-                self._commit_in_flight = False
-                self.metrics.stage_seconds.observe(time.perf_counter() - started, "commit")
-                if isinstance(result, Exception):
-                    self._commit_failed(result)
-                else:
-                    self.listener.committed(offsets)
-
-            try:
-                consumer.commit_async(offsets, callback=done)
-            except KafkaError as exc:
-                self._commit_in_flight = False
-                self._commit_failed(exc)
-            return
-        with self.metrics.timed("commit"):
-            try:
-                consumer.commit(offsets, timeout_ms=10_000)
-            except KafkaError as exc:
-                self._commit_failed(exc)
-                return
-        self.listener.committed(offsets)
-
-    def _commit_failed(self, exc: BaseException) -> None:
-        # Rebalancing or broker away: the done prefix stays done and is committed next time
-        # (or by the revoke listener); a crash before then replays, never skips.
-        self.metrics.commits.inc(1, "failed")
-        log.warning("commit_failed", error=str(exc)[:300])
 
     def _backpressure(self, consumer: KafkaConsumer) -> bool:
         """Pause every assigned partition at max_in_flight, resume at half; True while paused."""
