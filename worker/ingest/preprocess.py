@@ -8,6 +8,15 @@ and ``Normalize(mean, std)``. Each step below mirrors one of those, so the
 embeddings the worker computes match the ones the heads were trained on; a test
 checks it against open_clip itself on real photographs.
 
+Memory: an extreme aspect ratio makes the shortest-side resize enormous (a
+1,900,000 x 8 PNG of 15 KB would become 53M x 224, 36 GB) although only its
+centre crop is kept. Above :data:`MAX_RESIZED_AREA` crops the resize goes
+straight to the crop (:func:`resize_to_crop`): the same two resampling passes
+on just the source region under the crop, so the pixels are those of
+resize-then-crop (within one level of float rounding, on under 1% of them) and
+the intermediate is never made. Ordinary photographs (up to 4:1) keep the
+exact full-image form.
+
 One deliberate difference: images are converted to RGB *before* resizing (in
 :mod:`worker.ingest.decode`), where open_clip converts after. For RGB inputs (every
 photograph) the two are identical; for palette or alpha images ours is the
@@ -16,12 +25,17 @@ better-defined order (bicubic on colours, not palette indices).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from PIL import Image
 
 from schemas import Preprocess
 
 _RESAMPLE = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+_FILTER_SUPPORT = {Image.Resampling.BICUBIC: 2.0, Image.Resampling.BILINEAR: 1.0}
+#: Largest resized image, in crops (size x size), made before cropping; above it the resize targets the crop directly.
+MAX_RESIZED_AREA = 4
 
 
 def resized_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -42,11 +56,38 @@ def resize_and_crop(img: Image.Image, cfg: Preprocess) -> Image.Image:
     """Shortest-side resize then centre crop: the geometric half of the transform."""
     w, h = img.size
     new = resized_size(w, h, cfg.image_size)
+    if new[0] * new[1] > MAX_RESIZED_AREA * cfg.image_size * cfg.image_size:
+        return resize_to_crop(img, cfg.image_size, _RESAMPLE[cfg.interpolation])
     if new != (w, h):
         img = img.resize(new, _RESAMPLE[cfg.interpolation])
     if img.size != (cfg.image_size, cfg.image_size):
         img = _crop_or_pad(img, cfg.image_size)
     return img
+
+
+def resize_to_crop(img: Image.Image, size: int, resample: Image.Resampling) -> Image.Image:
+    """The centre ``size`` crop of the shortest-side resize, computed from the source region it covers only.
+
+    Pillow's full-image resize runs a horizontal pass, rounds to 8 bits, then a
+    vertical pass. This does the same two passes in the same order on the rows
+    and columns the crop needs (plus the filter's reach): first the source rows
+    under the crop, resized across to just the crop's columns (``box``), then
+    those resized down or up to just the crop's rows. Each output pixel sees the
+    same source pixels with the same weights (up to float rounding of the
+    window centres), and no pass ever holds more than ``size`` columns.
+    (A single ``resize(box=...)`` would not do: Pillow then picks the vertical
+    pass first for tall images, which rounds differently.)
+    """
+    w, h = img.size
+    new_w, new_h = resized_size(w, h, size)
+    left, top, _, _ = center_crop_box(new_w, new_h, size)
+    sx, sy = w / new_w, h / new_h
+    reach = _FILTER_SUPPORT[resample] * max(sy, 1.0) + 2
+    y0 = max(0, math.floor(top * sy - reach))
+    y1 = min(h, math.ceil((top + size) * sy + reach))
+    rows = img if (y0, y1) == (0, h) else img.crop((0, y0, w, y1))
+    across = rows.resize((size, y1 - y0), resample, box=(left * sx, 0, (left + size) * sx, y1 - y0))
+    return across.resize((size, size), resample, box=(0, top * sy - y0, size, (top + size) * sy - y0))
 
 
 def _crop_or_pad(img: Image.Image, size: int) -> Image.Image:
@@ -91,6 +132,11 @@ def native_crop(img: Image.Image, size: int) -> np.ndarray:
     for. An image smaller than ``size`` is mirror-padded (reflection keeps local
     statistics closer to the image's own than a constant border would).
     """
+    w, h = img.size
+    if w > size or h > size:  # crop before the array copy: a 40 MP image is 120 MB as an array, its crop 12 KB
+        left = round((w - size) / 2.0) if w > size else 0
+        top = round((h - size) / 2.0) if h > size else 0
+        img = img.crop((left, top, left + min(w, size), top + min(h, size)))
     arr = np.asarray(img, dtype=np.uint8)
     h, w = arr.shape[:2]
     if h < size or w < size:
