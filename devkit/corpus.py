@@ -12,7 +12,10 @@ import struct
 import zlib
 
 import numpy as np
+import pillow_heif
 from PIL import Image, features
+
+pillow_heif.register_heif_opener()  # lets Pillow write HEIF (the worker registers it for reading itself)
 
 #: The formats the worker accepts, as Pillow writes them.
 ACCEPTED_WRITERS: dict[str, dict] = {
@@ -22,6 +25,8 @@ ACCEPTED_WRITERS: dict[str, dict] = {
     "WEBP": {"quality": 90},
     "BMP": {},
     "TIFF": {},
+    "AVIF": {"quality": 90},
+    "HEIF": {"quality": 90},
 }
 
 
@@ -247,3 +252,196 @@ def palette_with_transparency(fmt: str = "PNG") -> bytes:
 
 def truncations(data: bytes, fractions: tuple[float, ...] = (0.3, 0.6, 0.9)) -> dict[float, bytes]:
     return {f: data[: int(len(data) * f)] for f in fractions}
+
+
+# -- costs the header does not show: shapes, tiles, bit depths, refused formats -------------------------------------
+
+
+def png_grey_flat(width: int, height: int, depth: int = 8) -> bytes:
+    """A flat greyscale PNG of any size, written by hand (rows of zeros deflate about 1000:1)."""
+    row = b"\x00" + b"\x00" * (width * depth // 8)
+    comp = zlib.compressobj(9)
+    idat = b"".join(comp.compress(row) for _ in range(height)) + comp.flush()
+    return png_ihdr(width, height, depth, 0) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
+
+
+def png_thin(width: int = 1_900_000, height: int = 8) -> bytes:
+    """15 KB, 15 MP (under the 40 MP limit), 237500:1 aspect: a shortest-side resize to 224 would be 53M x 224 pixels (36 GB)."""
+    return png_grey_flat(width, height)
+
+
+def jpeg_thin(width: int = 65_000, height: int = 8) -> bytes:
+    """The widest JPEG there is (65535 is the format's limit): resized to 224 high it would be 1.8M x 224 (1.2 GB)."""
+    return save(Image.new("L", (width, height), 128), "JPEG", quality=50)
+
+
+def gif_thin(width: int = 65_000, height: int = 8) -> bytes:
+    """The same shape as :func:`jpeg_thin` in GIF (whose sides are 16-bit too)."""
+    return save(Image.new("L", (width, height), 0), "GIF")
+
+
+def tiff_tiled(
+    width: int, height: int, tile: int = 16, *, shared: bool = True, compression: int = 8, bits: int = 8, tiles_override: int | None = None
+) -> bytes:
+    """A greyscale tiled TIFF written by hand; with ``shared`` every tile offset points at one compressed tile.
+
+    6000 x 6000 in 16 x 16 tiles is 140,625 tiles: the offset and byte-count arrays
+    are 1.1 MB, the pixel data is a single deflated tile of a few bytes, and the
+    decoder pays its per-tile cost 140,625 times (libtiff plus Pillow's per-tile
+    Python loop). ``shared=False`` writes one copy of the tile per slot (the same
+    count of tiles, honestly stored, for the tile-count bound).
+    """
+    tiles_across = -(-width // tile)
+    tiles_down = -(-height // tile)
+    n = tiles_override if tiles_override is not None else tiles_across * tiles_down
+    raw = b"\x00" * (tile * tile * bits // 8)
+    tile_data = zlib.compress(raw, 9) if compression == 8 else raw
+    n_tags = 10
+    ifd_len = 2 + n_tags * 12 + 4
+    arrays_at = 8 + ifd_len
+    offsets_at = arrays_at
+    counts_at = offsets_at + 4 * n
+    data_at = counts_at + 4 * n
+    if shared:
+        offsets = [data_at] * n
+        pixels = tile_data
+    else:
+        offsets = [data_at + i * len(tile_data) for i in range(n)]
+        pixels = tile_data * n
+    entries = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 1, bits),
+        (259, 3, 1, compression),
+        (262, 3, 1, 1),
+        (277, 3, 1, 1),
+        (322, 4, 1, tile),
+        (323, 4, 1, tile),
+        (324, 4, n, offsets_at),
+        (325, 4, n, counts_at),
+    ]
+    ifd = struct.pack("<H", n_tags) + b"".join(struct.pack("<HHII", *e) for e in entries) + struct.pack("<I", 0)
+    arrays = struct.pack(f"<{n}I", *offsets) + struct.pack(f"<{n}I", *([len(tile_data)] * n))
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + arrays + pixels
+
+
+def tiff_shared_tiles(width: int = 6000, height: int = 6000, tile: int = 16) -> bytes:
+    """About 1 MB: 140,625 tile slots that all point at the same 20-byte deflated tile."""
+    return tiff_tiled(width, height, tile, shared=True)
+
+
+def tiff_flat(mode: str, width: int, height: int) -> bytes:
+    """A flat image in a 16-bit or float mode, deflated (so megapixels fit under the byte limit)."""
+    img = Image.new(mode, (width, height), 0)
+    return save(img, "TIFF", compression="tiff_adobe_deflate")
+
+
+def eps_padded(size: int = 8 * 1024 * 1024) -> bytes:
+    """An EPS file (a format we refuse) padded with comment lines that Pillow's EPS parser walks in Python."""
+    head = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n"
+    line = b"%" + b"x" * 78 + b"\n"
+    return head + line * ((size - len(head)) // len(line))
+
+
+def jpeg_with_sos_bytes_in_metadata(copies: int = 500) -> bytes:
+    """A plain baseline JPEG whose ICC profile and comment each hold ``copies`` x ``FF DA`` (not start-of-scan markers)."""
+    fake = b"\xff\xda" * copies
+    return save(noise_image(64, 48), "JPEG", icc_profile=b"\x00" * 128 + fake, comment=fake, quality=90)
+
+
+# -- HEIF / AVIF (ISOBMFF) by hand -------------------------------------------------------------------------------
+
+
+def _isobmff_boxes(data: bytes, start: int, end: int) -> list[tuple[bytes, int, int, int]]:
+    """(type, box start, payload start, box end) of the boxes in ``data[start:end]`` (32-bit sizes only)."""
+    out, pos = [], start
+    while pos + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, pos)
+        out.append((kind, pos, pos + 8, pos + size))
+        pos += size
+    return out
+
+
+def _box(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", 8 + len(payload)) + kind + payload
+
+
+def _full_box(kind: bytes, version: int, flags: int, payload: bytes) -> bytes:
+    return _box(kind, bytes([version]) + flags.to_bytes(3, "big") + payload)
+
+
+def heif_single(fmt: str, width: int = 64, height: int = 64, seed: int = 0, **kw: object) -> bytes:
+    """A noise image written by the real encoder: ``AVIF`` (Pillow/libavif) or ``HEIF`` (pillow-heif/libheif)."""
+    return save(noise_image(width, height, seed), fmt, **kw)
+
+
+def _coded_tile(fmt: str, tile: int, seed: int) -> tuple[bytes, bytes, list[bytes]]:
+    """(ftyp box, coded image bytes, property boxes without ispe) of one encoder-written tile."""
+    data = heif_single(fmt, tile, tile, seed)
+    top = _isobmff_boxes(data, 0, len(data))
+    ftyp = next(data[s:e] for k, s, _, e in top if k == b"ftyp")
+    meta = next((p, e) for k, _, p, e in top if k == b"meta")
+    coded = next(data[p:e] for k, _, p, e in top if k == b"mdat")
+    props: list[bytes] = []
+    for k, _, p, e in _isobmff_boxes(data, meta[0] + 4, meta[1]):
+        if k == b"iprp":
+            ipco = next((pp, ee) for kk, _, pp, ee in _isobmff_boxes(data, p, e) if kk == b"ipco")
+            props = [data[s:ee] for kk, s, _, ee in _isobmff_boxes(data, *ipco) if kk != b"ispe"]
+    return ftyp, coded, props
+
+
+def heif_grid(fmt: str, rows: int, cols: int, *, tile: int = 64, shared: bool = False, output: tuple[int, int] | None = None) -> bytes:
+    """A grid image (what phones write: one coded image per tile) with ``rows`` x ``cols`` tiles of ``tile`` px.
+
+    The tiles are a real encoder's output; the container is written here. With
+    ``shared`` every tile's ``iloc`` extent points at the same coded bytes: a
+    few kilobytes that cost ``rows * cols`` decodes. ``output`` overrides the
+    grid's declared size (default: exactly the tiles).
+    """
+    ftyp, coded, props = _coded_tile(fmt, tile, seed=5)
+    item_type = b"av01" if fmt == "AVIF" else b"hvc1"
+    n = rows * cols
+    out_w, out_h = output or (cols * tile, rows * tile)
+    wide = out_w > 0xFFFF or out_h > 0xFFFF
+    grid_payload = bytes([0, 1 if wide else 0, rows - 1, cols - 1]) + struct.pack(">II" if wide else ">HH", out_w, out_h)
+    # properties: 1.. the tile's own (codec config, colour, pixi), then ispe of a tile, then ispe of the grid
+    ispe_tile = _full_box(b"ispe", 0, 0, struct.pack(">II", tile, tile))
+    ispe_grid = _full_box(b"ispe", 0, 0, struct.pack(">II", out_w, out_h))
+    ipco = _box(b"ipco", b"".join(props) + ispe_tile + ispe_grid)
+    tile_props = list(range(1, len(props) + 2))
+    pixi_index = next((i + 1 for i, p in enumerate(props) if p[4:8] == b"pixi"), None)
+    grid_props = [len(props) + 2] + ([pixi_index] if pixi_index else [])
+    item_ids = list(range(2, n + 2))
+    ipma_entries = struct.pack(">H", 1) + bytes([len(grid_props)]) + bytes(grid_props)
+    for i in item_ids:
+        ipma_entries += struct.pack(">H", i) + bytes([len(tile_props)]) + bytes((0x80 | p) if j == 0 else p for j, p in enumerate(tile_props))
+    ipma = _full_box(b"ipma", 0, 0, struct.pack(">I", n + 1) + ipma_entries)
+    iprp = _box(b"iprp", ipco + ipma)
+    infe = [_full_box(b"infe", 2, 0, struct.pack(">HH", 1, 0) + b"grid" + b"\x00")]
+    infe += [_full_box(b"infe", 2, 1, struct.pack(">HH", i, 0) + item_type + b"\x00") for i in item_ids]  # flags 1: hidden
+    iinf = _full_box(b"iinf", 0, 0, struct.pack(">H", n + 1) + b"".join(infe))
+    iref = _full_box(b"iref", 0, 0, _box(b"dimg", struct.pack(">HH", 1, n) + b"".join(struct.pack(">H", i) for i in item_ids)))
+    hdlr = _full_box(b"hdlr", 0, 0, b"\x00" * 4 + b"pict" + b"\x00" * 12 + b"\x00")
+    pitm = _full_box(b"pitm", 0, 0, struct.pack(">H", 1))
+    idat = _box(b"idat", grid_payload)
+
+    def meta_with(mdat_at: int) -> bytes:
+        entries = struct.pack(">HHHH", 1, 1, 0, 1) + struct.pack(">II", 0, len(grid_payload))  # grid: construction method 1 (idat)
+        for k, i in enumerate(item_ids):
+            offset = mdat_at + 8 + (0 if shared else k * len(coded))
+            entries += struct.pack(">HHHH", i, 0, 0, 1) + struct.pack(">II", offset, len(coded))
+        iloc = _full_box(b"iloc", 1, 0, bytes([0x44, 0x00]) + struct.pack(">H", n + 1) + entries)
+        return _full_box(b"meta", 0, 0, hdlr + pitm + iloc + iinf + iref + iprp + idat)
+
+    meta = meta_with(0)
+    mdat_at = len(ftyp) + len(meta)
+    meta = meta_with(mdat_at)
+    return ftyp + meta + _box(b"mdat", coded if shared else coded * n)
+
+
+def heif_declared_size(fmt: str, width: int, height: int) -> bytes:
+    """A real single-image file whose ``ispe`` is rewritten to declare ``width`` x ``height``."""
+    data = bytearray(heif_single(fmt))
+    at = data.index(b"ispe") + 8
+    data[at : at + 8] = struct.pack(">II", width, height)
+    return bytes(data)

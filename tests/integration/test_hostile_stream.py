@@ -106,7 +106,7 @@ def _corpus(port: int, file_root: Path, outside: Path) -> list[tuple[bytes | Non
     raw("bomb-png-ztxt", corpus.png_ztxt_bomb(), "decompression_bomb")
     # truncated files of every accepted format, formats we refuse, garbage
     for name, data in corpus.accepted_files().items():
-        if name in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"):
+        if name in ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "HEIF"):
             raw(f"truncated-{name.lower()}", data[: len(data) // 2], "undecodable")
     for name, data in corpus.unsupported_files().items():
         raw(f"unsupported-{name.lower()}", data, "unsupported_format")

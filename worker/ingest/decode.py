@@ -1,10 +1,13 @@
 """Bytes to an RGB Pillow image, refusing what could hurt the worker.
 
 Order matters: the byte size is checked before anything parses the data; the
-format is sniffed from the bytes (never trusted from a header) and must be on
-the allow-list; the pixel count is checked from the header before pixels are
-decoded (decompression bombs); the work a decoder may do per pixel is bounded
-(JPEG scan count); only then is the image loaded. Every refusal is an
+format is named from its magic bytes (:mod:`worker.ingest.sniff`, never
+trusted from a header or a content type) and only that format's parser may run,
+so a refused format is refused before any parser reads it; the pixel count is
+checked from the header before pixels are decoded (decompression bombs); the
+work a decoder may do beyond the pixel count is bounded (JPEG scans, TIFF
+strips and tiles, HEIF/AVIF grids); only then is the image loaded, converted to
+RGB in bands (:mod:`worker.ingest.convert`). Every refusal is an
 :class:`~worker.errors.InputError` with a dead-letter code.
 
 Why each bound exists (each one was a real way to stall or blow up a worker,
@@ -19,6 +22,9 @@ see ``tests/unit/ingest/test_decode.py``):
   :func:`_raise_pillow_pixel_guard`). WebP allocates its canvas inside
   ``Image.open``, before our check could run, so its canvas size is read from
   the first 30 bytes and checked before Pillow sees the file.
+* **Refused formats, from magic bytes.** Pillow's ``Image.open`` tries every
+  plugin, and some parse the whole file in Python first: an 8 MB EPS took
+  6.6 s just to be refused. Now no parser runs for a format we refuse.
 * **JPEG scans.** Progressive JPEG lets a file repeat scans; each scan walks
   every coefficient block of the image, and a scan of an all-flat image costs a
   few dozen bytes. A 200 KB, 36 MP file with 1000 extra scans took 21 s to
@@ -26,7 +32,21 @@ see ``tests/unit/ingest/test_decode.py``):
   decode timeout can abandon the future but not stop the C decoder). Real
   encoders write 10 or so; we refuse more than :attr:`DecodeLimits.max_jpeg_scans`
   (libtiff uses the same bound, 100, for JPEG-in-TIFF, so TIFF is covered by
-  libtiff itself).
+  libtiff itself). The scans are counted by walking the marker segments
+  (:mod:`worker.ingest.jpeg_markers`), not by counting ``FF DA`` bytes, which
+  also occur inside ICC profiles, comments and EXIF thumbnails.
+* **TIFF strips and tiles.** The decoder's work grows with the number of
+  strips/tiles, not only with pixels, and TIFF lets every tile offset point at
+  the same few compressed bytes: a 1 MB file of 140,625 16x16 tile slots all
+  sharing one deflated tile decodes 36 MP. Strips/tiles whose byte ranges
+  overlap are refused (no writer shares them), and their number is bounded by
+  :attr:`DecodeLimits.max_tiff_chunks`.
+* **HEIF/AVIF containers.** Declared sizes, grid tile counts and shared coded
+  data are read from the boxes before libheif/libavif run
+  (:mod:`worker.ingest.isobmff`).
+* **Bit depth and alpha.** 16-bit, 32-bit and float images, and images with
+  alpha, are converted to 8-bit RGB in bands of rows, never through full-size
+  float64 or RGBA temporaries (those were about 1 GB for a 36 MP float TIFF).
 * **Frames.** ``n_frames`` on GIF and TIFF walks the whole file (it took 130 ms
   for a 384 KB TIFF of 2000 pages, growing with the file). We only need the
   first frame, which is where an image stands right after opening, so we ask
@@ -55,22 +75,28 @@ import math
 import warnings
 from dataclasses import dataclass
 
-import numpy as np
+import pillow_heif
 from PIL import Image, ImageFile, UnidentifiedImageError
 
 from schemas import ErrorCode
 from worker.errors import InputError
+from worker.ingest import sniff
+from worker.ingest.convert import to_rgb
+from worker.ingest.isobmff import ContainerLimits, check_container
+from worker.ingest.jpeg_markers import jpeg_scan_count
 
-#: Formats the worker decodes, as Pillow's open-registry names them. Others are
-#: identified (to name them in the error) but refused: vector, camera-raw,
-#: texture and container formats are not photographs we can score, and each
-#: extra decoder is attack surface.
-_WANTED_FORMATS = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF")
+# HEIF through pillow-heif (libheif); AVIF is Pillow's own plugin (libavif). Embedded
+# thumbnails are never decoded in place of the image.
+pillow_heif.register_heif_opener(thumbnails=False, depth_images=False, aux_images=False)
 
-# Register every plugin now: Image.open(formats=...) looks the allow-list up in
+# Register every plugin now: Image.open(formats=...) looks the format up in
 # the registry, which otherwise holds only the five formats Pillow preloads.
 Image.init()
-ALLOWED_FORMATS: tuple[str, ...] = tuple(f for f in _WANTED_FORMATS if f in Image.ID)
+#: Formats the worker decodes, as Pillow's open-registry names them. Others are
+#: named from their magic bytes (in the error) but refused before any parser
+#: runs: vector, camera-raw, texture and container formats are not photographs
+#: we can score, and each extra decoder is attack surface.
+ALLOWED_FORMATS: tuple[str, ...] = tuple(f for f in sniff.ACCEPTED if f in Image.ID)
 
 #: ``Image.format`` values an opened image may report. Multi-picture JPEG (MPO,
 #: what phones write for portrait/stereo shots) is opened by the JPEG plugin and
@@ -85,8 +111,6 @@ ImageFile.LOAD_TRUNCATED_IMAGES = False
 # One process-wide filter instead of per-call catch_warnings (see module docstring).
 warnings.filterwarnings("ignore", module=r"PIL(\..*)?$")
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
-
-_SOS = b"\xff\xda"  # JPEG start-of-scan marker; cannot occur inside entropy-coded data (0xFF is stuffed there)
 
 # EXIF Orientation tag value -> the transpose that shows the image upright.
 _ORIENTATION = {
@@ -110,6 +134,12 @@ class DecodeLimits:
     #: extra MPO pictures included). Baseline JPEG has 1 to 3, libjpeg's
     #: progressive default 10, mozjpeg a few more.
     max_jpeg_scans: int = 100
+    #: Strips or tiles in a TIFF's first image. Each costs the decoder a fixed
+    #: overhead (2 to 8 us here); a 40 MP image in 256x256 tiles has 610 and
+    #: one strip per row of an 8000-row image 8000.
+    max_tiff_chunks: int = 65_536
+    #: Coded tiles a HEIF/AVIF grid may hold (a 48 MP phone photo has ~200).
+    max_heif_tiles: int = 1024
 
 
 @dataclass(frozen=True)
@@ -155,63 +185,49 @@ def webp_canvas_size(data: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _identify_unsupported(data: bytes) -> str | None:
-    """Name the format if Pillow knows it at all (header only, nothing decoded)."""
+def _orientation(img: Image.Image) -> Image.Transpose | None:
+    """The transpose that shows the image upright per its EXIF Orientation tag (JPEG, PNG eXIf, WebP, TIFF, AVIF).
+
+    Read from the decoded image and applied after the RGB conversion, so the
+    transpose copies 8-bit RGB rather than a deeper mode. HEIF's rotations are
+    applied by libheif itself (pillow-heif then reports orientation 1). Unlike
+    ``ImageOps.exif_transpose`` nothing is copied when there is nothing to do
+    (most uploads). A corrupt EXIF block never costs the upload: the stored
+    orientation is kept.
+    """
     try:
-        with Image.open(io.BytesIO(data)) as probe:
-            return probe.format
-    except Image.DecompressionBombError as exc:
-        raise InputError(ErrorCode.decompression_bomb, f"unsupported image format, and too large: {exc}") from None
+        orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
+        return _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
     except Exception:
         return None
 
 
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any Pillow mode to 8-bit RGB the way a viewer would show it.
-
-    Alpha is composited over white (transparent pixels carry arbitrary colour
-    values that would otherwise leak into the score); 16/32-bit greyscale is
-    scaled to 8 bits instead of clipped; CMYK, palette, LAB etc. go through
-    Pillow's conversion. ICC profiles are not applied: the heads were trained on
-    images loaded the same way (Pillow ``convert("RGB")`` in open_clip's
-    pipeline), so applying them here would move us away from training.
-    """
-    mode = img.mode
-    if mode == "RGB":
-        return img
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        arr = np.asarray(img, dtype=np.float64)
-        arr = np.nan_to_num(arr, nan=0.0, posinf=0.0, neginf=0.0)  # float TIFFs may carry NaN/inf
-        top = float(arr.max(initial=0.0))
-        if mode.startswith("I;16"):
-            hi = 65535.0
-        elif mode == "F":
-            hi = max(top, 1.0)  # floats in [0, 1] are the usual convention; larger ranges are scaled to their maximum
-        else:
-            hi = 255.0 if top <= 255 else (65535.0 if top <= 65535 else top)
-        grey = np.clip(arr / hi * 255.0 + 0.5, 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    has_alpha = mode in ("RGBA", "LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in img.info)
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return img.convert("RGB")
+def _check_tiff_chunks(img: Image.Image, limits: DecodeLimits) -> None:
+    """Bound a TIFF's strips/tiles: their number, and no two sharing bytes (see the module docstring)."""
+    tags = getattr(img, "tag_v2", None)
+    if tags is None:
+        return
+    offsets = tags.get(324) or tags.get(273)  # TileOffsets, else StripOffsets
+    counts = tags.get(325) or tags.get(279)  # TileByteCounts, else StripByteCounts
+    offsets = offsets if isinstance(offsets, tuple) else (offsets,) if offsets is not None else ()
+    counts = counts if isinstance(counts, tuple) else (counts,) if counts is not None else ()
+    if len(offsets) > limits.max_tiff_chunks:
+        raise InputError(
+            ErrorCode.decompression_bomb, f"TIFF has {len(offsets)} strips/tiles, limit {limits.max_tiff_chunks} (each costs the decoder a fixed overhead)"
+        )
+    spans = sorted((int(o), int(o) + int(c)) for o, c in zip(offsets, counts, strict=False) if isinstance(o, int) and isinstance(c, int) and c > 0)
+    reach = -1
+    for start, stop in spans:
+        if start < reach:
+            raise InputError(ErrorCode.decompression_bomb, "TIFF strips/tiles share compressed data (each would be decoded again)")
+        reach = max(reach, stop)
 
 
-def _apply_orientation(img: Image.Image) -> Image.Image:
-    """Show the image upright per its EXIF Orientation tag (JPEG, PNG eXIf, WebP, TIFF).
-
-    Unlike ``ImageOps.exif_transpose`` this does not copy the whole image when
-    there is nothing to do (most uploads). A corrupt EXIF block never costs the
-    upload: the stored orientation is kept.
-    """
-    try:
-        orientation = img.getexif().get(_EXIF_ORIENTATION_TAG, 1)
-        method = _ORIENTATION.get(orientation) if isinstance(orientation, int) else None
-    except Exception:
-        return img
-    return img.transpose(method) if method is not None else img
+def _refuse_unknown(data: bytes) -> InputError:
+    name = sniff.refused_format(data)
+    if name:
+        return InputError(ErrorCode.unsupported_format, f"format {name} is not accepted (allowed: {', '.join(ALLOWED_FORMATS)})")
+    return InputError(ErrorCode.undecodable, "not a recognisable image")
 
 
 def draft_request(size: tuple[int, int], target_short_side: int) -> tuple[int, int]:
@@ -232,20 +248,22 @@ def decode_image(data: bytes, limits: DecodeLimits, draft_short_side: int | None
         raise InputError(ErrorCode.undecodable, "empty image payload")
     if len(data) > limits.max_bytes:
         raise InputError(ErrorCode.too_large, f"image is {len(data)} bytes, limit {limits.max_bytes}")
+    claimed = sniff.accepted_format(data)
+    if claimed is None or claimed not in ALLOWED_FORMATS:
+        raise _refuse_unknown(data)
     _raise_pillow_pixel_guard(limits.max_pixels)
     canvas = webp_canvas_size(data)
     if canvas is not None and canvas[0] * canvas[1] > limits.max_pixels:
         w, h = canvas
         raise InputError(ErrorCode.decompression_bomb, f"WebP canvas {w}x{h} = {w * h} pixels exceeds the limit of {limits.max_pixels}")
+    if claimed in ("AVIF", "HEIF"):
+        check_container(data, ContainerLimits(limits.max_pixels, limits.max_heif_tiles))
     try:
-        img = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+        img = Image.open(io.BytesIO(data), formats=(claimed,))
     except Image.DecompressionBombError as exc:
         raise InputError(ErrorCode.decompression_bomb, str(exc)) from None
     except UnidentifiedImageError:
-        known = _identify_unsupported(data)
-        if known:
-            raise InputError(ErrorCode.unsupported_format, f"format {known} is not accepted (allowed: {', '.join(ALLOWED_FORMATS)})") from None
-        raise InputError(ErrorCode.undecodable, "not a recognisable image") from None
+        raise InputError(ErrorCode.undecodable, f"not a valid {claimed} file") from None
     except ValueError as exc:  # PNG text/ICC chunks inflating past Pillow's caps, among others
         raise InputError(_value_error_code(exc), f"cannot parse image header: {exc}") from None
     except Exception as exc:  # Pillow raises many types on hostile headers
@@ -260,9 +278,11 @@ def decode_image(data: bytes, limits: DecodeLimits, draft_short_side: int | None
     if min(w, h) < limits.min_side:
         raise InputError(ErrorCode.image_too_small, f"{w}x{h} is smaller than {limits.min_side} pixels on a side")
     if fmt in ("JPEG", "MPO"):
-        scans = data.count(_SOS)
+        scans = jpeg_scan_count(data, stop_after=limits.max_jpeg_scans)
         if scans > limits.max_jpeg_scans:
-            raise InputError(ErrorCode.decompression_bomb, f"JPEG has {scans} scans, limit {limits.max_jpeg_scans} (each scan re-walks every pixel block)")
+            raise InputError(ErrorCode.decompression_bomb, f"JPEG has more than {limits.max_jpeg_scans} scans (each scan re-walks every pixel block)")
+    if fmt == "TIFF":
+        _check_tiff_chunks(img, limits)
     try:
         animated = bool(getattr(img, "is_animated", False))
     except Exception:
@@ -275,11 +295,14 @@ def decode_image(data: bytes, limits: DecodeLimits, draft_short_side: int | None
         raise InputError(_value_error_code(exc), f"cannot decode {fmt} data: {exc}") from None
     except Exception as exc:  # truncated data, corrupt streams, decoder errors
         raise InputError(ErrorCode.undecodable, f"cannot decode {fmt} data: {type(exc).__name__}: {exc}") from None
-    upright: Image.Image = _apply_orientation(img)
+    transpose = _orientation(img)
     try:
-        rgb = _to_rgb(upright)
+        rgb = to_rgb(img)
     except Exception as exc:
         raise InputError(ErrorCode.undecodable, f"cannot convert mode {img.mode} to RGB: {exc}") from None
+    del img  # the decoded image in its own mode is no longer needed: free it before the transpose copies
+    if transpose is not None:
+        rgb = rgb.transpose(transpose)
     return DecodedImage(rgb, fmt, (w, h), animated)
 
 

@@ -36,7 +36,7 @@ def _ok(data: bytes, limits: DecodeLimits = LIMITS) -> DecodedImage:
 
 def test_allow_list_holds_every_wanted_format_and_mpo_is_accepted_as_a_result() -> None:
     # Pillow 13 has no "MPO" open id; if the allow-list silently lost a format, uploads in it would be refused.
-    assert set(ALLOWED_FORMATS) == {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF"}
+    assert set(ALLOWED_FORMATS) == {"JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF", "HEIF"}
     assert "MPO" in ACCEPTED_RESULT_FORMATS
 
 
