@@ -9,6 +9,12 @@ its first non-blank byte (after an optional UTF-8 byte-order mark) is ``{`` (no
 image format starts with one). Anything wrong raises
 :class:`~worker.errors.InputError`, which becomes a dead letter.
 
+A JSON event with the same key twice (at any depth) is refused
+(``schema_invalid``): parsers disagree on which one wins (Python's ``json``
+takes the last, others the first or refuse), so a producer, a gateway that
+validated the first ``image_uri`` and this worker could each read a
+different event from the same bytes.
+
 Upload ids are taken exactly as sent or not at all: a key that is not UTF-8, or
 an id longer than :data:`MAX_UPLOAD_ID_CHARS`, is refused (``schema_invalid``)
 and the dead letter carries no ``upload_id`` rather than a lossy or truncated
@@ -98,6 +104,25 @@ class Upload:
     submitted_at: datetime | None = None
 
 
+class DuplicateKeyError(ValueError):
+    """A JSON object names the same key twice."""
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook`` for ``json.loads``: the object as a dict, refusing repeated keys instead of keeping the last."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise DuplicateKeyError(f"duplicate key {key[:64]!r} in a JSON object")
+        out[key] = value
+    return out
+
+
+def loads_strict(value: bytes) -> Any:
+    """``json.loads`` that refuses duplicate keys (raises :class:`DuplicateKeyError`, a ``ValueError``)."""
+    return json.loads(value, object_pairs_hook=_unique_keys)
+
+
 def looks_like_json(rec: InputRecord) -> bool:
     ctype = (rec.header("content-type") or "").lower()
     if ctype.startswith("application/json"):
@@ -121,7 +146,7 @@ def best_effort_ids(rec: InputRecord) -> tuple[str | None, str | None]:
     upload_id, tenant = rec.key_text(), rec.header("tenant")
     if looks_like_json(rec):
         try:
-            doc = json.loads(rec.value or b"")
+            doc = loads_strict(rec.value or b"")  # with repeated keys there is no one id to trust: keep the key's
             if isinstance(doc, dict):
                 uid = doc.get("upload_id")
                 if isinstance(uid, str) and 0 < len(uid) <= MAX_UPLOAD_ID_CHARS and encodable(uid):
@@ -165,7 +190,9 @@ def _parse_json(rec: InputRecord, max_image_bytes: int) -> Upload:
     if len(value) > inline_event_max_bytes(max_image_bytes):
         raise InputError(ErrorCode.too_large, f"JSON event is {len(value)} bytes, too large for a {max_image_bytes}-byte image")
     try:
-        doc = json.loads(value)  # bytes: json detects UTF-8/16/32 and a UTF-8 BOM itself
+        doc = loads_strict(value)  # bytes: json detects UTF-8/16/32 and a UTF-8 BOM itself
+    except DuplicateKeyError as exc:
+        raise InputError(ErrorCode.schema_invalid, f"{exc}: refused rather than guessing which one the producer meant") from None
     except (ValueError, UnicodeDecodeError) as exc:
         raise InputError(ErrorCode.schema_invalid, f"malformed JSON: {exc}") from None
     except RecursionError:

@@ -181,3 +181,39 @@ def test_over_long_tenant_header_is_refused_and_not_echoed() -> None:
     assert code_of(r) is ErrorCode.schema_invalid
     assert best_effort_ids(r) == ("up-1", None)
     assert parse_record(rec(PNG, headers=(("tenant", b"t" * 256),)), LIMIT).tenant == "t" * 256
+
+
+# -- duplicate keys ------------------------------------------------------------------------------
+
+
+_B64 = base64.b64encode(PNG).decode()
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b'{"upload_id": "a", "upload_id": "b", "image_base64": "' + _B64.encode() + b'"}',
+        b'{"upload_id": "a", "image_uri": "http://img.example/1.png", "image_uri": "http://evil.example/2.png"}',
+        b'{"upload_id": "a", "tenant": "t1", "tenant": "t2", "image_base64": "' + _B64.encode() + b'"}',
+        b'{"upload_id": "a", "image_base64": "' + _B64.encode() + b'", "extra": {"k": 1, "k": 2}}',  # nested objects too
+    ],
+)
+def test_duplicate_keys_are_schema_invalid_not_last_one_wins(value: bytes) -> None:
+    with pytest.raises(InputError) as info:
+        parse_record(rec(value, key=None), LIMIT)
+    assert info.value.code is ErrorCode.schema_invalid
+    assert "duplicate key" in info.value.message
+
+
+def test_dead_letter_of_a_duplicate_key_event_does_not_pick_one_of_the_ids() -> None:
+    value = b'{"upload_id": "a", "upload_id": "b", "image_base64": "' + _B64.encode() + b'"}'
+    assert best_effort_ids(rec(value, key=b"record-key")) == ("record-key", None)
+    assert best_effort_ids(rec(value, key=None)) == (None, None)
+
+
+def test_the_same_key_in_sibling_objects_is_not_a_duplicate() -> None:
+    value = json.dumps({"upload_id": "a", "image_base64": _B64, "meta": {"a": {"k": 1}, "b": {"k": 2}}}).encode()
+    with pytest.raises(InputError) as info:  # UploadEvent forbids extra fields; the point is that it is not "duplicate key"
+        parse_record(rec(value, key=None), LIMIT)
+    assert "duplicate key" not in info.value.message
+    assert parse_record(rec(json.dumps({"upload_id": "a", "image_base64": _B64}).encode(), key=None), LIMIT).upload_id == "a"
