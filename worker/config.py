@@ -72,8 +72,29 @@ class WorkerConfig(BaseModel):
     redis_timeout_s: float = _f(0.5, "Socket timeout for every Redis call; a slow Redis is treated as a miss.", "cache", gt=0)
     cache_breaker_failures: int = _f(3, "Consecutive Redis failures that open the circuit breaker (cache bypassed).", "cache", ge=1)
     cache_breaker_reset_s: float = _f(5.0, "Seconds the breaker stays open before one probe call tries Redis again.", "cache", gt=0)
+    cache_scope: str = _f(
+        "global",
+        "`global`: one cache entry per image and bundle, shared by all tenants (a tenant can tell that someone uploaded the same bytes before: "
+        "`cache: hit`, `inference_ms: 0`). `tenant`: the tenant is part of every key, so nothing is shared or revealed across tenants, "
+        "at the cost of scoring and storing a popular image once per tenant.",
+        "cache",
+        pattern="^(global|tenant)$",
+    )
     near_duplicate_max_distance: int = _f(
-        -1, "Serve exact-cache misses from a cached image whose 64-bit pHash is within this Hamming distance (-1 = off).", "cache", ge=-1, le=15
+        -1,
+        "Serve exact-cache misses from a cached image whose 64-bit pHash is within this Hamming distance (-1 = off). "
+        "Risk: pHash collisions are easy to make on purpose, so an uploader can craft an image that inherits another image's verdict "
+        "without being scored; leave it off for adversarial uploaders, keep the distance small, prefer `--cache-scope tenant`.",
+        "cache",
+        ge=-1,
+        le=15,
+    )
+    near_duplicate_scan_limit: int = _f(
+        256,
+        "Most near-duplicate index entries read per lookup, and kept per hash band (newest first); entries expire with their verdicts.",
+        "cache",
+        ge=1,
+        le=100_000,
     )
     # Input
     max_image_bytes: int = _f(10 * 1024 * 1024, "Largest image accepted, in bytes (checked before decoding).", "input", ge=1024)

@@ -11,18 +11,45 @@ stops calling a Redis that keeps failing; while it is open reads are misses and
 writes are skipped, and a probe every ``reset_after_s`` brings the cache back
 by itself. Inference goes on without it, so no verdict is lost or held.
 
+Scope (``--cache-scope``): ``global`` (the default) keys by content and
+bundle only, so the same bytes uploaded by two tenants are scored once; the
+price is that tenant B learns that *someone* uploaded those bytes before
+(``cache: hit``, ``inference_ms: 0``, and the first upload's verdict time).
+``tenant`` puts the tenant into every key (:meth:`VerdictCache.key`), so
+tenants never share an entry or a near-duplicate index: nothing leaks, at the
+cost of scoring a popular image once per tenant and storing it once per
+tenant. A record without a tenant is its own scope (``-``).
+
 Optional near-duplicate index (``--near-duplicate-max-distance``): for each
-scored image its 64-bit pHash is added to one Redis set per hash band (see
-:mod:`worker.cache.phash`); a later exact-hash miss whose pHash is within the
-distance of a stored one reuses that image's score (``cache: near_duplicate``).
+scored image its 64-bit pHash goes into one Redis *sorted set* per hash band
+(see :mod:`worker.cache.phash`), scored by the time its verdict expires; a
+later exact-hash miss whose pHash is within the distance of a stored one
+reuses that image's score (``cache: near_duplicate``). Members expire with
+their verdicts: reads take only members whose expiry is in the future, writes
+trim the expired ones and keep each band to its newest
+``near_scan_limit`` members (a plain set whose TTL is refreshed on every write
+would keep every member for as long as the band is written to: forever for a
+popular band). A lookup reads at most ``near_scan_limit`` members in all, so
+one crowded band cannot make lookups slow.
+
+**Risk of the near-duplicate index.** pHash is not collision resistant: anyone
+who can upload can make an image whose pHash is within a few bits of a target
+picture's (gradient methods do it in seconds) while looking nothing like it.
+Such an image is served the *target's* verdict without being scored, and an
+uploader can plant an image first so that later uploads near it inherit its
+verdict. Leave it off (the default) where uploaders are adversarial; if it is
+on, keep the distance small and prefer ``--cache-scope tenant``, so that a
+tenant can only poison its own uploads.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Callable, Iterable, Mapping
+import time
+from collections.abc import Callable, Hashable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import redis
 import structlog
@@ -36,7 +63,32 @@ from worker.model.scores import Score
 log = structlog.get_logger(__name__)
 
 KEY_PREFIX = "aigis:v1"
+#: Near-duplicate index keys; v2: sorted sets scored by expiry (v1 were plain sets).
+PHASH_PREFIX = "aigis:v2:ph"
 T = TypeVar("T")
+K = TypeVar("K", bound=Hashable)
+Scope = Literal["global", "tenant"]
+
+
+@dataclass(frozen=True)
+class ContentKey:
+    """An image's content hash and the tenant that uploaded it (the tenant matters only in tenant scope)."""
+
+    sha256: str
+    tenant: str | None = None
+
+
+def _parts(key: object) -> tuple[str, str | None]:
+    """(content sha, tenant) of a cache key given as a plain sha ``str`` or a :class:`ContentKey`."""
+    if isinstance(key, ContentKey):
+        return key.sha256, key.tenant
+    assert isinstance(key, str)
+    return key, None
+
+
+def tenant_namespace(tenant: str | None) -> str:
+    """A bounded, key-safe name for a tenant: 32 hex digits of its sha256 (``-`` for no tenant)."""
+    return "-" if tenant is None else hashlib.sha256(tenant.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
 def dumps(score: Score) -> bytes:
@@ -70,8 +122,16 @@ class VerdictCache:
         breaker: CircuitBreaker | None = None,
         on_error: Callable[[str], None] | None = None,
         client: redis.Redis | None = None,
+        scope: Scope = "global",
+        near_scan_limit: int = 256,
     ) -> None:
+        if scope not in ("global", "tenant"):
+            raise ValueError(f"cache scope must be global or tenant, not {scope!r}")
         self.url = url
+        self.scope = scope
+        self.near_scan_limit = max(1, near_scan_limit)
+        #: Index members the last ``near_many`` read for one looked-up image (at most ``near_scan_limit``).
+        self.last_near_scanned = 0
         self.ttl_s = ttl_s
         self.timeout_s = timeout_s
         self.client = client or redis.Redis.from_url(
@@ -101,9 +161,20 @@ class VerdictCache:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    @staticmethod
-    def key(bundle_sha256: str, content_sha256: str) -> str:
+    def key(self, bundle_sha256: str, content_sha256: str, tenant: str | None = None) -> str:
+        """The Redis key of a verdict; the tenant is part of it only in tenant scope (hashed, never written raw)."""
+        if self.scope == "tenant":
+            return f"{KEY_PREFIX}:{bundle_sha256}:t:{tenant_namespace(tenant)}:{content_sha256}"
         return f"{KEY_PREFIX}:{bundle_sha256}:{content_sha256}"
+
+    def _key(self, bundle_sha256: str, key: object) -> str:
+        return self.key(bundle_sha256, *_parts(key))
+
+    def _namespace(self, key: object) -> str:
+        return tenant_namespace(_parts(key)[1]) if self.scope == "tenant" else "g"
+
+    def _tenant_of(self, key: object) -> str | None:
+        return _parts(key)[1] if self.scope == "tenant" else None
 
     def _call(self, op: str, fn: Callable[[], T]) -> T | None:
         """Run one Redis round trip under the breaker; None when skipped or failed."""
@@ -120,85 +191,98 @@ class VerdictCache:
         self.breaker.success()
         return result
 
-    def get_many(self, bundle_sha256: str, shas: Iterable[str]) -> dict[str, Score] | None:
-        """Hits by content sha; ``None`` when Redis is unavailable (every lookup is then a miss)."""
-        shas = list(dict.fromkeys(shas))
-        if not shas:
+    def get_many(self, bundle_sha256: str, shas: Iterable[K]) -> dict[K, Score] | None:
+        """Hits by content sha (a ``str``) or :class:`ContentKey`, keyed as asked; ``None`` when Redis is unavailable."""
+        keys = list(dict.fromkeys(shas))
+        if not keys:
             return {}
-        values = self._call("get", lambda: self.client.mget([self.key(bundle_sha256, s) for s in shas]))
+        values = self._call("get", lambda: self.client.mget([self._key(bundle_sha256, k) for k in keys]))
         if values is None:
             return None
-        hits: dict[str, Score] = {}
-        for sha, raw in zip(shas, values, strict=True):
+        hits: dict[K, Score] = {}
+        for key, raw in zip(keys, values, strict=True):
             if raw is None:
                 continue
             try:
-                hits[sha] = loads(raw)
+                hits[key] = loads(raw)
             except (ValueError, KeyError, TypeError):
-                log.warning("cache_entry_corrupt", content_sha256=sha)
+                log.warning("cache_entry_corrupt", content_sha256=_parts(key)[0])
         return hits
 
-    def set_many(self, bundle_sha256: str, entries: Mapping[str, Score], phashes: Mapping[str, int] | None = None, max_distance: int = 0) -> None:
-        """SET EX every score (and index the pHashes) in one pipelined round trip."""
+    def set_many(self, bundle_sha256: str, entries: Mapping[K, Score], phashes: Mapping[K, int] | None = None, max_distance: int = 0) -> None:
+        """SET EX every score (and index the pHashes, expiring with them) in one pipelined round trip."""
         if not entries:
             return
+        expires = time.time() + self.ttl_s  # when SET EX below makes the verdicts expire
 
         def write() -> Any:
             pipe = self.client.pipeline(transaction=False)
-            for sha, value in entries.items():
-                pipe.set(self.key(bundle_sha256, sha), dumps(value), ex=self.ttl_s)
+            for key, value in entries.items():
+                pipe.set(self._key(bundle_sha256, key), dumps(value), ex=self.ttl_s)
             if phashes:
                 layout = band_layout(max_distance)
-                for sha, h in phashes.items():
-                    if sha not in entries:
+                now = time.time()
+                for key, h in phashes.items():
+                    if key not in entries:
                         continue
-                    member = f"{h:016x}:{sha}"
-                    for key in self._band_keys(bundle_sha256, h, layout):
-                        pipe.sadd(key, member)
-                        pipe.expire(key, self.ttl_s)
+                    member = f"{h:016x}:{_parts(key)[0]}"
+                    for band in self._band_keys(bundle_sha256, key, h, layout):
+                        pipe.zadd(band, {member: expires})
+                        pipe.zremrangebyscore(band, "-inf", now)  # members whose verdicts have expired
+                        pipe.zremrangebyrank(band, 0, -self.near_scan_limit - 1)  # keep the newest near_scan_limit
+                        pipe.expire(band, self.ttl_s)  # the newest member expires then: so may the band
             return pipe.execute()
 
         self._call("set", write)
 
-    def _band_keys(self, bundle_sha256: str, h: int, layout: list[tuple[int, int]]) -> list[str]:
-        return [f"{KEY_PREFIX}:ph:{bundle_sha256}:{len(layout)}:{i}:{v:x}" for i, v in enumerate(bands(h, layout))]
+    def _band_keys(self, bundle_sha256: str, key: object, h: int, layout: list[tuple[int, int]]) -> list[str]:
+        ns = self._namespace(key)
+        return [f"{PHASH_PREFIX}:{bundle_sha256}:{ns}:{len(layout)}:{i}:{v:x}" for i, v in enumerate(bands(h, layout))]
 
-    def near_many(self, bundle_sha256: str, phashes: Mapping[str, int], max_distance: int) -> dict[str, NearMatch] | None:
-        """For each content sha, the closest stored image within ``max_distance`` bits (two round trips)."""
+    def near_many(self, bundle_sha256: str, phashes: Mapping[K, int], max_distance: int) -> dict[K, NearMatch] | None:
+        """For each key, the closest stored image within ``max_distance`` bits, in its scope (two round trips).
+
+        Reads at most ``near_scan_limit`` unexpired members per looked-up image in
+        all (the newest of each band first), whatever the bands hold.
+        """
         if not phashes:
             return {}
         layout = band_layout(max_distance)
+        per_band = max(1, self.near_scan_limit // len(layout))
         items = list(phashes.items())
+        now = time.time()
 
         def candidates() -> Any:
             pipe = self.client.pipeline(transaction=False)
-            for _, h in items:
-                for key in self._band_keys(bundle_sha256, h, layout):
-                    pipe.smembers(key)
+            for key, h in items:
+                for band in self._band_keys(bundle_sha256, key, h, layout):
+                    pipe.zrevrangebyscore(band, "+inf", now, start=0, num=per_band)
             return pipe.execute()
 
         answers = self._call("near", candidates)
         if answers is None:
             return None
-        best: dict[str, tuple[int, str]] = {}
+        best: dict[K, tuple[int, str]] = {}
         per = len(layout)
-        for n, (sha, h) in enumerate(items):
+        self.last_near_scanned = max((sum(len(m) for m in answers[n * per : (n + 1) * per]) for n in range(len(items))), default=0)
+        for n, (key, h) in enumerate(items):
+            sha = _parts(key)[0]
             for members in answers[n * per : (n + 1) * per]:
                 for raw in members:
                     hex_hash, _, other = raw.decode().partition(":")
                     if other == sha:
                         continue
                     d = hamming(h, int(hex_hash, 16))
-                    if d <= max_distance and (sha not in best or d < best[sha][0]):
-                        best[sha] = (d, other)
+                    if d <= max_distance and (key not in best or d < best[key][0]):
+                        best[key] = (d, other)
         if not best:
             return {}
-        others = list({o for _, o in best.values()})
-        values = self._call("get", lambda: self.client.mget([self.key(bundle_sha256, o) for o in others]))
+        wanted = list({(o, self._tenant_of(k)) for k, (_, o) in best.items()})
+        values = self._call("get", lambda: self.client.mget([self.key(bundle_sha256, o, t) for o, t in wanted]))
         if values is None:
             return None
-        scores = {o: loads(v) for o, v in zip(others, values, strict=True) if v is not None}
-        return {sha: NearMatch(scores[o], o, d) for sha, (d, o) in best.items() if o in scores}
+        scores = {w: loads(v) for w, v in zip(wanted, values, strict=True) if v is not None}
+        return {k: NearMatch(scores[(o, self._tenant_of(k))], o, d) for k, (d, o) in best.items() if (o, self._tenant_of(k)) in scores}
 
     def close(self) -> None:
         if self._owns_client:
