@@ -1,6 +1,12 @@
-"""Fetching images referenced by URI, under policy.
+"""Fetching images referenced by URI, under policy: what may be fetched, and from where.
 
-Only two kinds of URI are ever followed; everything else (ftp, data:, gopher,
+This module is the policy (URI checks, address checks, ``file://``); the
+network side is :mod:`worker.ingest.http_client` (pinned keep-alive HTTP(S)
+connections under a deadline), :mod:`worker.ingest.s3` (``s3://`` through
+obstore) and :mod:`worker.ingest.fetcher` (bounded concurrency, one deadline
+per batch, its own threads). :func:`fetch` fetches one URI on its own.
+
+Only three kinds of URI are ever followed; everything else (ftp, data:, gopher,
 javascript:, relative or empty URIs) is refused with ``uri_refused``.
 
 ``http(s)://``
@@ -16,21 +22,31 @@ javascript:, relative or empty URIs) is refused with ``uri_refused``.
     The name is resolved once (with the fetch's deadline) and the connection
     goes to exactly the address that was checked, so a DNS answer that changes
     between check and connect (rebinding) cannot redirect it. Addresses that
-    are never an image host are refused even for an allowed name: link-local
-    (169.254.0.0/16 holds cloud metadata services; fe80::/10), multicast,
-    unspecified and 240.0.0.0/4. Loopback and private ranges are allowed: an
-    operator who lists an internal image store by name means it. HTTPS
-    certificates are verified against the name.
+    are never an image host are refused even for an allowed name
+    (:func:`refused_address`): link-local (169.254.0.0/16 holds the AWS, GCP
+    and Azure metadata services; fe80::/10), the other clouds' metadata
+    addresses (AWS's IPv6 ``fd00:ec2::254``, Alibaba's ``100.100.100.200``,
+    Oracle's ``192.0.0.192``), ``0.0.0.0/8`` (Linux connects it to the local
+    host), multicast, unspecified, broadcast and 240.0.0.0/4, also when they
+    are written inside an IPv6 address (IPv4-mapped ``::ffff:a.b.c.d``,
+    IPv4-compatible ``::a.b.c.d``, NAT64 ``64:ff9b::/96`` and
+    ``64:ff9b:1::/48``, 6to4 ``2002::/16``). Loopback and private ranges are
+    allowed: an operator who lists an internal image store by name means it.
+    HTTPS certificates are verified against the name.
 
     Redirects (301/302/303/307/308) are followed by hand, at most
-    ``max_redirects`` hops, and every hop is checked like the first: a hop to
-    another scheme or to a host not on the list is ``uri_refused``. The
-    timeout is a deadline for the whole fetch (DNS, connect, headers, body,
-    all hops), enforced by a watchdog that shuts the socket, not a per-read
-    timeout a server could satisfy by sending one byte at a time. The size cap
-    is enforced while streaming; ``Content-Length`` is used only to refuse
-    early, never trusted to bound the read. No proxy is used (``HTTP_PROXY`` is
-    ignored): the allow-list is the egress decision.
+    ``max_redirects`` hops, and every hop is checked like the first; a hop
+    that changes the scheme (https to http, or the reverse) or the port, or
+    goes to a host not on the list, is ``uri_refused``. The timeout is a
+    deadline for the whole fetch (DNS, connect, TLS handshake, headers, body,
+    all hops), for HTTPS as for HTTP, enforced by shutting the socket, not a
+    per-read timeout a server could satisfy by sending one byte at a time.
+    The size cap is enforced while streaming; ``Content-Length`` is used only
+    to refuse early, never trusted to bound the read. No proxy is used
+    (``HTTP_PROXY`` is ignored): the allow-list is the egress decision.
+
+``s3://bucket/key``
+    Only buckets on the bucket allow-list; see :mod:`worker.ingest.s3`.
 
 ``file://``
     Only with a configured root. The path must be absolute, contain no ``..``
@@ -40,12 +56,15 @@ javascript:, relative or empty URIs) is refused with ``uri_refused``.
     check does not escape the root.
 
 Errors: ``uri_refused`` (policy), ``fetch_failed`` (network, HTTP status,
-timeout, missing file), ``too_large`` (size cap).
+timeout, missing file), ``too_large`` (size cap). Messages go to dead letters,
+which the uploader may read: they name the URI as sent and the kind of
+failure, never a resolved path, an OS error string or a server's internals
+(the fetch of ``file:///root/images/x`` says "no such image under the file
+root", not where the root's symlinks lead).
 """
 
 from __future__ import annotations
 
-import http.client
 import ipaddress
 import os
 import socket
@@ -60,10 +79,30 @@ from pathlib import Path
 from schemas import ErrorCode
 from worker.errors import InputError
 
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_CHUNK = 64 * 1024
-_NEVER_IMAGE_HOSTS = (ipaddress.ip_network("240.0.0.0/4"),)
+DEFAULT_PORTS = {"http": 80, "https": 443}
+_NEVER_IMAGE_V4 = tuple(
+    ipaddress.IPv4Network(n)
+    for n in (
+        "0.0.0.0/8",  # "this network": Linux connects 0.x.x.x to the local host
+        "169.254.0.0/16",  # link-local: AWS/GCP/Azure/OpenStack metadata at 169.254.169.254
+        "100.100.100.200/32",  # Alibaba Cloud metadata
+        "192.0.0.192/32",  # Oracle Cloud (classic) metadata
+        "224.0.0.0/4",  # multicast
+        "240.0.0.0/4",  # reserved, and 255.255.255.255 broadcast
+    )
+)
+_NEVER_IMAGE_V6 = tuple(
+    ipaddress.IPv6Network(n)
+    for n in (
+        "fe80::/10",  # link-local
+        "fec0::/10",  # site-local (deprecated, still routed by some stacks)
+        "fd00:ec2::254/128",  # AWS metadata over IPv6
+        "ff00::/8",  # multicast
+    )
+)
+#: IPv6 prefixes that carry an IPv4 address in their last 32 bits (NAT64 well-known and local-use).
+_NAT64 = (ipaddress.IPv6Network("64:ff9b::/96"), ipaddress.IPv6Network("64:ff9b:1::/48"))
+_V4_COMPATIBLE = ipaddress.IPv6Network("::/96")
 
 
 @dataclass(frozen=True)
@@ -75,10 +114,16 @@ class FetchPolicy:
     max_bytes: int = 10 * 1024 * 1024
     max_redirects: int = 5
     ssl_context: ssl.SSLContext | None = field(default=None, compare=False, repr=False)
+    #: Buckets ``s3://`` URIs may name (lower-case); empty refuses every ``s3://`` URI.
+    s3_buckets: frozenset[str] = frozenset()
+    #: S3 endpoint URL (MinIO, a local S3 server); None = AWS, from the region.
+    s3_endpoint: str | None = None
+    #: S3 region; None = from the environment (``AWS_REGION`` / ``AWS_DEFAULT_REGION``).
+    s3_region: str | None = None
 
 
 @dataclass(frozen=True)
-class _Target:
+class HttpTarget:
     scheme: str
     host: str
     port: int
@@ -89,7 +134,7 @@ def _host_for_entry(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
+def check_http_uri(uri: str, policy: FetchPolicy) -> HttpTarget:
     """Parse an http(s) URI and apply the allow-list; raises ``uri_refused``."""
     try:
         parts = urllib.parse.urlsplit(uri)
@@ -97,38 +142,53 @@ def check_http_uri(uri: str, policy: FetchPolicy) -> _Target:
     except ValueError as exc:
         raise InputError(ErrorCode.uri_refused, f"malformed URI: {exc}") from None
     scheme = parts.scheme.lower()
-    if scheme not in _DEFAULT_PORTS:
+    if scheme not in DEFAULT_PORTS:
         raise InputError(ErrorCode.uri_refused, f"scheme {scheme or '(none)'!r} is not http(s)")
     if parts.username is not None or parts.password is not None:
         raise InputError(ErrorCode.uri_refused, "credentials in the URI are not allowed")
     host = (parts.hostname or "").lower()
     if not host:
         raise InputError(ErrorCode.uri_refused, "URI has no host")
-    port = port if port is not None else _DEFAULT_PORTS[scheme]
+    port = port if port is not None else DEFAULT_PORTS[scheme]
     entry_host = _host_for_entry(host)
-    allowed = f"{entry_host}:{port}" in policy.allowed_hosts or (port == _DEFAULT_PORTS[scheme] and host in policy.allowed_hosts)
+    allowed = f"{entry_host}:{port}" in policy.allowed_hosts or (port == DEFAULT_PORTS[scheme] and host in policy.allowed_hosts)
     if not allowed:
-        shown = host if port == _DEFAULT_PORTS[scheme] else f"{entry_host}:{port}"
+        shown = host if port == DEFAULT_PORTS[scheme] else f"{entry_host}:{port}"
         raise InputError(ErrorCode.uri_refused, f"host {shown!r} is not on the fetch allow-list")
     path = parts.path or "/"
     if parts.query:
         path += "?" + parts.query
     if any(ord(c) < 0x21 or ord(c) == 0x7F for c in path):
         raise InputError(ErrorCode.uri_refused, "URI path contains whitespace or control characters")
-    return _Target(scheme, host, port, path)
+    return HttpTarget(scheme, host, port, path)
 
 
-def _refused_address(addr: str) -> bool:
+def _embedded_v4(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address an IPv6 address stands for, if it is written in one of the embedding forms."""
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if any(ip in n for n in _NAT64) or (ip in _V4_COMPATIBLE and int(ip) > 1):  # ::1 is loopback, not ::0.0.0.1
+        return ipaddress.IPv4Address(int(ip) & 0xFFFF_FFFF)
+    return None
+
+
+def refused_address(addr: str) -> bool:
+    """True for an address that is never an image host (metadata services, link-local, multicast...), in any spelling."""
     ip = ipaddress.ip_address(addr.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
-    if ip.is_link_local or ip.is_multicast or ip.is_unspecified:
-        return True
-    return isinstance(ip, ipaddress.IPv4Address) and (ip == ipaddress.IPv4Address("255.255.255.255") or any(ip in n for n in _NEVER_IMAGE_HOSTS))
+    if isinstance(ip, ipaddress.IPv6Address):
+        if ip.is_unspecified or any(ip in n for n in _NEVER_IMAGE_V6):
+            return True
+        v4 = _embedded_v4(ip)
+        if v4 is None:
+            return False
+        ip = v4
+    return any(ip in n for n in _NEVER_IMAGE_V4)
 
 
-def _resolve(host: str, port: int, deadline: float) -> str:
-    """One address for ``host``, within the deadline (getaddrinfo itself has no timeout)."""
+def resolve(host: str, port: int, deadline: float) -> str:
+    """One allowed address for ``host``, within the deadline (getaddrinfo itself has no timeout)."""
     try:
         ipaddress.ip_address(host)
         literal = True
@@ -151,161 +211,16 @@ def _resolve(host: str, port: int, deadline: float) -> str:
         if resolver.is_alive():
             raise InputError(ErrorCode.fetch_failed, f"resolving {host} timed out")
         if "error" in box:
-            raise InputError(ErrorCode.fetch_failed, f"cannot resolve {host}: {box['error']}")
+            raise InputError(ErrorCode.fetch_failed, f"cannot resolve {host}")
         addresses = [info[4][0] for info in box["infos"]]  # type: ignore[attr-defined]
-    usable = [a for a in addresses if not _refused_address(a)]
+    usable = [a for a in addresses if not refused_address(a)]
     if not usable:
-        raise InputError(ErrorCode.uri_refused, f"{host} resolves only to addresses that are never image hosts ({', '.join(addresses[:3])})")
+        raise InputError(ErrorCode.uri_refused, f"{host} resolves only to addresses that are never image hosts (metadata, link-local, multicast)")
     return usable[0]
 
 
-class _PinnedHTTPConnection(http.client.HTTPConnection):
-    """Connects to the address that was checked, while Host (and SNI) carry the name."""
-
-    def __init__(self, host: str, port: int, address: str, timeout: float, dog: _Watchdog) -> None:
-        super().__init__(host, port, timeout=timeout)
-        self.address = address
-        self.dog = dog
-
-    def connect(self) -> None:
-        self.sock = socket.create_connection((self.address, self.port), self.timeout)
-        # Watch the raw socket itself, before any TLS handshake, and keep watching it after
-        # http.client drops conn.sock (it does once a close-delimited response starts).
-        self.dog.watch(self.sock)
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
-class _PinnedHTTPSConnection(_PinnedHTTPConnection):
-    def __init__(self, host: str, port: int, address: str, timeout: float, dog: _Watchdog, context: ssl.SSLContext) -> None:
-        super().__init__(host, port, address, timeout, dog)
-        self.context = context
-
-    def connect(self) -> None:
-        super().connect()
-        self.sock = self.context.wrap_socket(self.sock, server_hostname=self.host)
-
-
-class _Watchdog:
-    """Shuts the current connection's socket at the deadline, waking any blocked read."""
-
-    def __init__(self, seconds: float) -> None:
-        self.fired = False
-        self.sock: socket.socket | None = None
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(max(0.0, seconds), self._fire)
-        self._timer.daemon = True
-
-    def __enter__(self) -> _Watchdog:
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-
-    def watch(self, sock: socket.socket | None) -> None:
-        with self._lock:
-            self.sock = sock
-            if self.fired:
-                self._shut(sock)
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            self._shut(self.sock)
-
-    @staticmethod
-    def _shut(sock: socket.socket | None) -> None:
-        if sock is not None:
-            try:
-                # the plain socket's shutdown, also for TLS: SSLSocket.shutdown
-                # would tear down TLS state under the reading thread's feet
-                socket.socket.shutdown(sock, socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-_DEFAULT_SSL: ssl.SSLContext | None = None
-
-
-def _ssl_context(policy: FetchPolicy) -> ssl.SSLContext:
-    global _DEFAULT_SSL
-    if policy.ssl_context is not None:
-        return policy.ssl_context
-    if _DEFAULT_SSL is None:
-        _DEFAULT_SSL = ssl.create_default_context()
-    return _DEFAULT_SSL
-
-
-def _fetch_http(uri: str, policy: FetchPolicy) -> bytes:
-    deadline = time.monotonic() + policy.timeout_s
-    url = uri
-    with _Watchdog(policy.timeout_s) as dog:
-        for _hop in range(policy.max_redirects + 1):
-            target = check_http_uri(url, policy)
-            try:
-                status, location, body = _one_request(target, url, policy, deadline, dog)
-            except InputError:
-                raise
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                if dog.fired or time.monotonic() >= deadline:
-                    raise InputError(ErrorCode.fetch_failed, f"GET {url}: timed out after {policy.timeout_s:g} s") from None
-                raise InputError(ErrorCode.fetch_failed, f"GET {url}: {type(exc).__name__}: {exc}") from None
-            if dog.fired:
-                raise InputError(ErrorCode.fetch_failed, f"GET {url}: timed out after {policy.timeout_s:g} s")
-            if status in _REDIRECTS:
-                if not location:
-                    raise InputError(ErrorCode.fetch_failed, f"GET {url}: HTTP {status} without a Location")
-                url = urllib.parse.urljoin(url, location)
-                if urllib.parse.urlsplit(url).scheme.lower() not in _DEFAULT_PORTS:
-                    raise InputError(ErrorCode.uri_refused, f"redirect from {target.host} to a non-http(s) URI refused")
-                continue
-            if not 200 <= status < 300:
-                raise InputError(ErrorCode.fetch_failed, f"GET {url}: HTTP {status}")
-            return body
-    raise InputError(ErrorCode.fetch_failed, f"GET {uri}: more than {policy.max_redirects} redirects")
-
-
-def _one_request(target: _Target, url: str, policy: FetchPolicy, deadline: float, dog: _Watchdog) -> tuple[int, str | None, bytes]:
-    """One GET; returns (status, Location, body). The body is read only for 2xx answers."""
-    address = _resolve(target.host, target.port, deadline)
-    remaining = max(0.01, deadline - time.monotonic())
-    conn: _PinnedHTTPConnection
-    if target.scheme == "https":
-        conn = _PinnedHTTPSConnection(target.host, target.port, address, remaining, dog, _ssl_context(policy))
-    else:
-        conn = _PinnedHTTPConnection(target.host, target.port, address, remaining, dog)
-    try:
-        conn.putrequest("GET", target.path, skip_accept_encoding=True)
-        conn.putheader("User-Agent", "aigis-worker")
-        conn.putheader("Accept", "image/*")
-        conn.putheader("Accept-Encoding", "identity")
-        conn.putheader("Connection", "close")
-        conn.endheaders()
-        resp = conn.getresponse()
-        if resp.status in _REDIRECTS or not 200 <= resp.status < 300:
-            return resp.status, resp.getheader("Location"), b""
-        length_header = (resp.getheader("Content-Length") or "").strip()
-        declared = int(length_header) if length_header.isdigit() else None
-        if declared is not None and declared > policy.max_bytes:
-            raise InputError(ErrorCode.too_large, f"GET {url}: declares {declared} bytes, limit {policy.max_bytes}")
-        chunks: list[bytes] = []
-        total = 0
-        while True:
-            chunk = resp.read(_CHUNK)
-            if not chunk:
-                break
-            total += len(chunk)
-            if total > policy.max_bytes:
-                raise InputError(ErrorCode.too_large, f"GET {url}: body exceeds {policy.max_bytes} bytes")
-            chunks.append(chunk)
-        if declared is not None and total != declared:  # http.client's read(amt) returns short bodies silently
-            raise InputError(ErrorCode.fetch_failed, f"GET {url}: body ended after {total} of {declared} declared bytes")
-        return resp.status, None, b"".join(chunks)
-    finally:
-        conn.close()
-
-
-def _fetch_file(uri: str, policy: FetchPolicy) -> bytes:
+def fetch_file(uri: str, policy: FetchPolicy) -> bytes:
+    """A ``file://`` URI under the policy's root; messages never show resolved paths or OS error strings."""
     if policy.file_root is None:
         raise InputError(ErrorCode.uri_refused, "file:// URIs are disabled (no fetch_file_root configured)")
     parts = urllib.parse.urlsplit(uri)
@@ -315,41 +230,48 @@ def _fetch_file(uri: str, policy: FetchPolicy) -> bytes:
     if "\0" in raw:
         raise InputError(ErrorCode.uri_refused, "file:// path contains a NUL byte")
     if not raw.startswith("/"):
-        raise InputError(ErrorCode.uri_refused, f"file:// path {raw!r} is not absolute")
+        raise InputError(ErrorCode.uri_refused, "file:// path is not absolute")
     if ".." in raw.split("/"):
         raise InputError(ErrorCode.uri_refused, "file:// path contains a '..' segment")
     root = Path(os.path.realpath(policy.file_root))
     path = Path(os.path.realpath(raw))
     if not path.is_relative_to(root):
-        raise InputError(ErrorCode.uri_refused, f"{raw} resolves to {path}, outside the allowed root {root}")
+        raise InputError(ErrorCode.uri_refused, "file:// path is outside the allowed file root")
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-    except OSError as exc:
-        raise InputError(ErrorCode.fetch_failed, f"cannot open {path}: {exc.strerror or exc}") from None
+    except OSError:
+        raise InputError(ErrorCode.fetch_failed, "no readable image at this file:// path under the file root") from None
     info = os.fstat(fd)
     if not stat.S_ISREG(info.st_mode):
         os.close(fd)
-        raise InputError(ErrorCode.fetch_failed, f"{path} is not a regular file")
+        raise InputError(ErrorCode.fetch_failed, "file:// path is not a regular file")
     with os.fdopen(fd, "rb") as fh:
         if info.st_size > policy.max_bytes:
-            raise InputError(ErrorCode.too_large, f"{path} is {info.st_size} bytes, limit {policy.max_bytes}")
+            raise InputError(ErrorCode.too_large, f"file is {info.st_size} bytes, limit {policy.max_bytes}")
         try:
             data = fh.read(policy.max_bytes + 1)
-        except OSError as exc:
-            raise InputError(ErrorCode.fetch_failed, f"cannot read {path}: {exc.strerror or exc}") from None
+        except OSError:
+            raise InputError(ErrorCode.fetch_failed, "reading the file:// image failed") from None
     if len(data) > policy.max_bytes:  # the file grew after fstat
-        raise InputError(ErrorCode.too_large, f"{path} is larger than {policy.max_bytes} bytes")
+        raise InputError(ErrorCode.too_large, f"file is larger than {policy.max_bytes} bytes")
     return data
 
 
-def fetch(uri: str, policy: FetchPolicy) -> bytes:
-    """Bytes behind ``uri`` or ``InputError`` (uri_refused, fetch_failed, too_large)."""
+def uri_scheme(uri: str) -> str:
+    """The lower-cased scheme of ``uri``; ``uri_refused`` for one that cannot be parsed."""
     try:
-        scheme = urllib.parse.urlsplit(uri).scheme.lower()
+        return urllib.parse.urlsplit(uri).scheme.lower()
     except ValueError as exc:
         raise InputError(ErrorCode.uri_refused, f"malformed URI: {exc}") from None
-    if scheme in _DEFAULT_PORTS:
-        return _fetch_http(uri, policy)
-    if scheme == "file":
-        return _fetch_file(uri, policy)
-    raise InputError(ErrorCode.uri_refused, f"URI scheme {scheme or '(none)'!r} is not supported (only http, https and file)")
+
+
+def fetch(uri: str, policy: FetchPolicy) -> bytes:
+    """Bytes behind ``uri`` or ``InputError`` (uri_refused, fetch_failed, too_large), on a fetcher of its own.
+
+    For one-off use (the offline scorer, tests); a worker keeps one
+    :class:`~worker.ingest.fetcher.Fetcher` for connection reuse and bounded concurrency.
+    """
+    from worker.ingest.fetcher import Fetcher  # the fetcher imports this module's policy
+
+    with Fetcher(policy, concurrency=1) as fetcher:
+        return fetcher.fetch(uri)
