@@ -107,7 +107,21 @@ class WorkerConfig(BaseModel):
         "input",
     )
     fetch_file_root: Path | None = _f(None, "Directory file:// URIs must lie under; unset refuses file:// URIs.", "input")
-    fetch_timeout_s: float = _f(5.0, "Deadline for fetching a URI image: DNS, connect, redirects and body together.", "input", gt=0)
+    fetch_timeout_s: float = _f(
+        5.0, "Deadline for fetching a URI image: DNS, connect, TLS, redirects and body together; also the deadline of a whole batch's fetches.", "input", gt=0
+    )
+    fetch_concurrency: int = _f(64, "URI fetches in flight per worker, on the fetcher's own threads (never the decode threads).", "input", ge=1, le=1024)
+    fetch_per_host: int = _f(
+        32, "Most fetches in flight to one host (or S3 bucket) within a batch, so one slow host cannot hold every fetch thread.", "input", ge=1, le=1024
+    )
+    fetch_s3_buckets: str = _f(
+        "",
+        "Comma-separated buckets s3://bucket/key URIs may name (exact, case-insensitive). Empty refuses all s3:// URIs. "
+        "Credentials come from the environment (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY/AWS_SESSION_TOKEN, web identity, instance role).",
+        "input",
+    )
+    fetch_s3_endpoint: str = _f("", "S3 endpoint URL for S3-compatible stores (MinIO, Ceph); empty = AWS (or AWS_ENDPOINT_URL).", "input")
+    fetch_s3_region: str = _f("", "S3 region; empty = from AWS_REGION / AWS_DEFAULT_REGION.", "input")
     decode_timeout_s: float = _f(5.0, "Per-image limit on decode + preprocess; slower images are dead-lettered as decode_timeout (0 = none).", "input", ge=0)
     dead_letter_payload_max_bytes: int = _f(
         1024 * 1024, "Original payloads up to this size are copied into the dead letter (base64) for replay.", "input", ge=0
@@ -141,6 +155,10 @@ class WorkerConfig(BaseModel):
     @property
     def allowed_hosts(self) -> frozenset[str]:
         return frozenset(h.strip().lower() for h in self.fetch_allowed_hosts.split(",") if h.strip())
+
+    @property
+    def s3_buckets(self) -> frozenset[str]:
+        return frozenset(b.strip().lower() for b in self.fetch_s3_buckets.split(",") if b.strip())
 
 
 #: What a JSON upload event may hold beside its base64 image (ids, URI, content type, timestamps).

@@ -21,8 +21,9 @@ the decode pool. A :class:`Fetcher` owns what fetching needs:
 
 The pipeline calls::
 
-    with Fetcher(policy, concurrency=cfg.fetch_concurrency, per_host=cfg.fetch_per_host) as fetcher:
-        results = fetcher.fetch_many(uris, deadline=time.monotonic() + cfg.fetch_timeout_s)
+    with fetcher_from_config(cfg) as fetcher:              # once per worker (it owns threads and connections)
+        ...
+        results = fetcher.fetch_many(uris, deadline=time.monotonic() + cfg.fetch_timeout_s)   # once per batch
         # results[i] is bytes or an InputError (uri_refused / fetch_failed / too_large), in input order
 
 ``stats()`` gives counters for metrics (fetches by outcome, connections opened and reused).
@@ -38,11 +39,15 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from schemas import ErrorCode
 from worker.errors import InputError
 from worker.ingest.fetch import DEFAULT_PORTS, FetchPolicy, fetch_file, uri_scheme
 from worker.ingest.http_client import ConnectionPool, HttpClient, Reaper, Resolver
+
+if TYPE_CHECKING:
+    from worker.config import WorkerConfig
 
 
 @dataclass(frozen=True)
@@ -215,3 +220,21 @@ def _outcome(future: Future[bytes]) -> bytes | InputError:
         return exc
     except BaseException as exc:  # a bug in a fetch path must still give this URI one outcome
         return InputError(ErrorCode.fetch_failed, f"fetch failed: {type(exc).__name__}")
+
+
+def policy_from_config(cfg: WorkerConfig) -> FetchPolicy:
+    """The fetch policy a worker's configuration describes."""
+    return FetchPolicy(
+        allowed_hosts=cfg.allowed_hosts,
+        file_root=cfg.fetch_file_root,
+        timeout_s=cfg.fetch_timeout_s,
+        max_bytes=cfg.max_image_bytes,
+        s3_buckets=cfg.s3_buckets,
+        s3_endpoint=cfg.fetch_s3_endpoint or None,
+        s3_region=cfg.fetch_s3_region or None,
+    )
+
+
+def fetcher_from_config(cfg: WorkerConfig) -> Fetcher:
+    """The worker's fetcher: its policy, ``--fetch-concurrency`` threads, ``--fetch-per-host`` per host."""
+    return Fetcher(policy_from_config(cfg), concurrency=cfg.fetch_concurrency, per_host=cfg.fetch_per_host)
