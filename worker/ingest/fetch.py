@@ -265,13 +265,35 @@ def uri_scheme(uri: str) -> str:
         raise InputError(ErrorCode.uri_refused, f"malformed URI: {exc}") from None
 
 
+_shared_lock = threading.Lock()
+_shared: tuple[object, object, object] | None = None  # (Reaper, ConnectionPool, Resolver) for fetch()
+
+
 def fetch(uri: str, policy: FetchPolicy) -> bytes:
-    """Bytes behind ``uri`` or ``InputError`` (uri_refused, fetch_failed, too_large), on a fetcher of its own.
+    """Bytes behind ``uri`` or ``InputError`` (uri_refused, fetch_failed, too_large), in the calling thread.
 
-    For one-off use (the offline scorer, tests); a worker keeps one
-    :class:`~worker.ingest.fetcher.Fetcher` for connection reuse and bounded concurrency.
+    For one-off use and callers that bring their own threads: http(s) goes
+    through one process-wide deadline thread and connection pool (so repeated
+    calls reuse connections); a worker should keep a
+    :class:`~worker.ingest.fetcher.Fetcher`, which adds its own bounded
+    concurrency, a per-host cap and one deadline per batch.
     """
-    from worker.ingest.fetcher import Fetcher  # the fetcher imports this module's policy
+    global _shared
+    scheme = uri_scheme(uri)
+    if scheme in DEFAULT_PORTS:
+        from worker.ingest.http_client import ConnectionPool, HttpClient, Reaper, Resolver  # it imports this module
 
-    with Fetcher(policy, concurrency=1) as fetcher:
-        return fetcher.fetch(uri)
+        with _shared_lock:
+            if _shared is None:
+                _shared = (Reaper("fetch-shared-deadlines"), ConnectionPool(), Resolver())
+            reaper, pool, resolver = _shared
+        client = HttpClient(policy, reaper, pool, resolver)  # type: ignore[arg-type]
+        return client.get(uri, time.monotonic() + policy.timeout_s)
+    if scheme == "file":
+        return fetch_file(uri, policy)
+    if scheme == "s3":
+        from worker.ingest.fetcher import Fetcher
+
+        with Fetcher(policy, concurrency=1) as fetcher:
+            return fetcher.fetch(uri)
+    raise InputError(ErrorCode.uri_refused, f"URI scheme {scheme or '(none)'!r} is not supported (only http, https, s3 and file)")

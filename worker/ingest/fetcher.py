@@ -31,11 +31,12 @@ The pipeline calls::
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 import urllib.parse
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
@@ -48,6 +49,7 @@ from worker.ingest.http_client import ConnectionPool, HttpClient, Reaper, Resolv
 
 if TYPE_CHECKING:
     from worker.config import WorkerConfig
+    from worker.ingest.s3 import S3Client
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class Fetcher:
         self._reaper = Reaper(f"{name}-deadlines")
         self._connections = ConnectionPool(max_idle_per_host=self.per_host)
         self._http = HttpClient(policy, self._reaper, self._connections, Resolver())
-        self._s3 = None
+        self._s3: S3Client | None = None
         self._s3_lock = threading.Lock()
         self._counts: Counter[str] = Counter()
         self._counts_lock = threading.Lock()
@@ -149,6 +151,8 @@ class Fetcher:
 
         def start_more(host: str) -> None:
             queue = queues[host]
+            if time.monotonic() >= deadline:  # a fetch cut off at the deadline must not make room for another one
+                return
             while queue and running[host] < self.per_host:
                 i = queue.popleft()
                 future = self._submit(uris[i], min(deadline, time.monotonic() + self.policy.timeout_s))
@@ -157,7 +161,7 @@ class Fetcher:
                     state["left"] -= 1
                     continue
                 running[host] += 1
-                future.add_done_callback(lambda f, i=i, host=host: finish(i, _outcome(f), host))
+                future.add_done_callback(functools.partial(_on_done, finish, i, host))
 
         with cond:
             for host in queues:
@@ -193,7 +197,7 @@ class Fetcher:
             return self._threads.submit(fetch_file, uri, self.policy)
         return _failed(InputError(ErrorCode.uri_refused, f"URI scheme {scheme or '(none)'!r} is not supported (only http, https, s3 and file)"))
 
-    def _s3_client(self):  # type: ignore[no-untyped-def]
+    def _s3_client(self) -> S3Client:
         with self._s3_lock:
             if self._s3 is None:
                 from worker.ingest.s3 import S3Client  # obstore is loaded only by workers that see s3:// URIs
@@ -205,6 +209,10 @@ class Fetcher:
         with self._counts_lock:
             c = dict(self._counts)
         return FetchStats(c.get("ok", 0), c.get("failed", 0), c.get("timed_out", 0), self._connections.opened, self._connections.reused)
+
+
+def _on_done(finish: Callable[[int, bytes | InputError, str], None], i: int, host: str, future: Future[bytes]) -> None:
+    finish(i, _outcome(future), host)
 
 
 def _failed(exc: InputError) -> Future[bytes]:

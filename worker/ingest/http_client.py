@@ -15,7 +15,7 @@ timeout).
   only that one (as this module once did) let a server drip an HTTPS response
   for as long as it liked. One thread serves every fetch in flight.
 * **Reuse.** Idle connections are kept per (scheme, host, port, pinned
-  address) in a :class:`ConnectionPool`, at most ``max_idle_per_host`` each and
+  address, TLS context) in a :class:`ConnectionPool`, at most ``max_idle_per_host`` each and
   for ``idle_s``. A connection is pooled only when its response was read to
   the end, the server did not ask to close it and its deadline did not fire.
   A pooled connection the server has closed meanwhile is retried once on a
@@ -160,7 +160,7 @@ class PinnedHTTPSConnection(PinnedHTTPConnection):
         tls.do_handshake()
 
 
-PoolKey = tuple[str, str, int, str]  # scheme, host, port, address
+PoolKey = tuple[str, str, int, str, int]  # scheme, host, port, address, id of the TLS context (0 for http)
 
 
 @dataclass
@@ -332,8 +332,12 @@ class HttpClient:
         finally:
             watch.release()
 
+    def _key(self, target: HttpTarget, address: str) -> PoolKey:
+        """Connections are shared only between requests that would have made the same one (TLS trust included)."""
+        return (target.scheme, target.host, target.port, address, id(_ssl_context(self.policy)) if target.scheme == "https" else 0)
+
     def _connection(self, target: HttpTarget, address: str, fresh: bool) -> tuple[PinnedHTTPConnection, bool]:
-        key = (target.scheme, target.host, target.port, address)
+        key = self._key(target, address)
         conn = None if fresh else self.pool.take(key)
         if conn is not None:
             return conn, True
@@ -345,7 +349,7 @@ class HttpClient:
     def _one_request(self, target: HttpTarget, url: str, watch: Watch) -> tuple[int, str | None, bytes]:
         """One GET; returns (status, Location, body). The body is read only for 2xx answers."""
         address = self.resolver.resolve(target.host, target.port, watch.deadline)
-        key = (target.scheme, target.host, target.port, address)
+        key = self._key(target, address)
         for attempt in (0, 1):
             conn, reused = self._connection(target, address, fresh=attempt > 0)
             conn.watch = watch
