@@ -27,6 +27,7 @@ from worker.cache.circuit import CircuitBreaker, State
 from worker.cache.verdicts import VerdictCache
 from worker.config import WorkerConfig
 from worker.ingest.decode_pool import DecodePool
+from worker.ingest.fetcher import fetcher_from_config
 from worker.model.rollout import Rollout, bundle_loader
 from worker.ops.health import HealthServer, Liveness
 from worker.ops.metrics import WorkerMetrics
@@ -65,7 +66,8 @@ class WorkerApp:
             pool = DecodePool(cfg.decode_threads)
             stack.callback(pool.shutdown, wait=False, cancel_futures=True)
             cache = stack.enter_context(self._cache()) if cfg.redis_url else None
-            processor = BatchProcessor(PipelineSettings.from_config(cfg), rollout, cache, pool, self.metrics)
+            fetcher = stack.enter_context(fetcher_from_config(cfg))
+            processor = BatchProcessor(PipelineSettings.from_config(cfg), rollout, cache, pool, self.metrics, fetcher)
             deliverer = self._deliverer()
             stages = self._stages(processor, deliverer)
             loop = self._poll_loop(pool, stages)
@@ -108,7 +110,15 @@ class WorkerApp:
             log.warning("cache_circuit", state=state.name)
 
         breaker = CircuitBreaker(cfg.cache_breaker_failures, cfg.cache_breaker_reset_s, on_change=changed)
-        return VerdictCache(cfg.redis_url, cfg.cache_ttl_s, cfg.redis_timeout_s, breaker=breaker, on_error=lambda op: self.metrics.cache_errors.inc(1, op))
+        return VerdictCache(
+            cfg.redis_url,
+            cfg.cache_ttl_s,
+            cfg.redis_timeout_s,
+            breaker=breaker,
+            on_error=lambda op: self.metrics.cache_errors.inc(1, op),
+            scope=cfg.cache_scope,
+            near_scan_limit=cfg.near_duplicate_scan_limit,
+        )
 
     def _poll_loop(self, pool: DecodePool, stages: Stages) -> PollLoop:
         cfg = self.cfg

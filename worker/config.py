@@ -13,7 +13,7 @@ import argparse
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -72,13 +72,12 @@ class WorkerConfig(BaseModel):
     redis_timeout_s: float = _f(0.5, "Socket timeout for every Redis call; a slow Redis is treated as a miss.", "cache", gt=0)
     cache_breaker_failures: int = _f(3, "Consecutive Redis failures that open the circuit breaker (cache bypassed).", "cache", ge=1)
     cache_breaker_reset_s: float = _f(5.0, "Seconds the breaker stays open before one probe call tries Redis again.", "cache", gt=0)
-    cache_scope: str = _f(
+    cache_scope: Literal["global", "tenant"] = _f(
         "global",
         "`global`: one cache entry per image and bundle, shared by all tenants (a tenant can tell that someone uploaded the same bytes before: "
         "`cache: hit`, `inference_ms: 0`). `tenant`: the tenant is part of every key, so nothing is shared or revealed across tenants, "
         "at the cost of scoring and storing a popular image once per tenant.",
         "cache",
-        pattern="^(global|tenant)$",
     )
     near_duplicate_max_distance: int = _f(
         -1,

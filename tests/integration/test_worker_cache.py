@@ -63,3 +63,26 @@ def test_near_duplicates_are_served_from_the_cache_only_when_enabled(servers, fr
             assert copy.cache.value == "near_duplicate" and copy.score == first.score
         assert one("other", unrelated).cache.value == "miss"
     cache.close()
+
+
+def test_tenant_scope_never_tells_one_tenant_about_another_tenants_upload(servers, fresh_bundle: Path) -> None:
+    """Global scope: the same bytes from tenant B are a hit (B learns A uploaded them). Tenant scope: a miss for B, a hit for A again."""
+    bundle = LoadedBundle(fresh_bundle, ["CPUExecutionProvider"])
+    photo = _jpeg(load_rgb(photo_paths(include_grey=False)[2]), 90)
+
+    def run(scope: str) -> list[str]:
+        cfg = WorkerConfig(bundle=fresh_bundle, redis_url=servers.redis_url, cache_scope=scope)
+        cache = VerdictCache(servers.redis_url, cfg.cache_ttl_s, scope=cfg.cache_scope)
+        with ThreadPoolExecutor(2) as pool:
+            proc = BatchProcessor(PipelineSettings.from_config(cfg), Models(bundle), cache, pool)
+            out = []
+            for i, tenant in enumerate(["tenant-a", "tenant-b", "tenant-a"]):
+                rec = InputRecord("t", 0, i, None, f"{scope}-{i}".encode(), photo, (("tenant", tenant.encode()),))
+                (outcome,) = proc.process([rec])
+                assert outcome.verdict is not None and outcome.verdict.tenant == tenant
+                out.append(outcome.verdict.cache.value)
+        cache.client.flushdb()
+        return out
+
+    assert run("global") == ["miss", "hit", "hit"]
+    assert run("tenant") == ["miss", "miss", "hit"]

@@ -30,14 +30,11 @@ import numpy as np
 import structlog
 
 from schemas import CacheStatus, ErrorCode
-from worker.cache.phash import phash
-from worker.cache.verdicts import VerdictCache
+from worker.cache.verdicts import ContentKey, VerdictCache
 from worker.config import WorkerConfig
 from worker.errors import InputError
-from worker.ingest.decode import decode_image
 from worker.ingest.decode_pool import DecodePool
-from worker.ingest.fetch import fetch
-from worker.ingest.preprocess import clip_input, native_crop
+from worker.ingest.fetcher import Fetcher
 from worker.ingest.wire import InputRecord, parse_record
 from worker.model.bundle import LoadedBundle
 from worker.model.inference import infer_resilient, stack_native
@@ -46,23 +43,34 @@ from worker.model.scores import Score, ScoreBatch
 from worker.model.shadow import shadow_scores
 from worker.ops.metrics import WorkerMetrics
 from worker.pipeline import outcomes
+from worker.pipeline.images import prepare_image
 from worker.pipeline.items import Item, ModelSource, PipelineSettings, Prepared, PreparedBatch
 from worker.pipeline.outcomes import Outcome
 
 log = structlog.get_logger(__name__)
+
+#: How the cache knows an image: its content hash, or (tenant scope) hash and tenant.
+CacheKey = str | ContentKey
 
 
 class BatchProcessor:
     """Turns batches of records into outcomes with the rollout's models, one cache and a decode pool."""
 
     def __init__(
-        self, settings: PipelineSettings, models: ModelSource, cache: VerdictCache | None, pool: Executor, metrics: WorkerMetrics | None = None
+        self,
+        settings: PipelineSettings,
+        models: ModelSource,
+        cache: VerdictCache | None,
+        pool: Executor,
+        metrics: WorkerMetrics | None = None,
+        fetcher: Fetcher | None = None,
     ) -> None:
         self.settings = settings
         self.models = models
         self.cache = cache
         self.pool = pool
         self.metrics = metrics or WorkerMetrics()
+        self._fetcher = fetcher
 
     @classmethod
     def offline(cls, bundle: LoadedBundle, pool: Executor, max_batch: int = 32) -> BatchProcessor:
@@ -95,22 +103,42 @@ class BatchProcessor:
                 it.error = exc
 
     def _fetch(self, items: list[Item]) -> None:
-        futures = [(it, self.pool.submit(fetch, it.upload.uri, self.settings.fetch_policy)) for it in items if it.upload and it.upload.uri]
-        for it, fut in futures:
-            try:
-                it.data = fut.result()
-            except InputError as exc:
-                it.error = exc
+        """Fetch the batch's URIs on the fetcher's own threads (never the decode pool's), under one deadline."""
+        if not items:
+            return
+        with self.metrics.timed("fetch"):
+            uris = [it.upload.uri or "" for it in items if it.upload is not None]
+            results = self.fetcher.fetch_many(uris, deadline=time.monotonic() + self.settings.fetch_policy.timeout_s)
+        for it, result in zip(items, results, strict=True):
+            if isinstance(result, InputError):
+                it.error = result
+            else:
+                it.data = result
+
+    @property
+    def fetcher(self) -> Fetcher:
+        """The worker's fetcher; the offline scorer, which rarely sees a URI, gets a small one on first use."""
+        if self._fetcher is None:
+            self._fetcher = Fetcher(self.settings.fetch_policy, concurrency=4)
+        return self._fetcher
+
+    def _key(self, it: Item) -> CacheKey:
+        """An item's cache key: its content hash, and in tenant scope its tenant too."""
+        assert it.sha is not None
+        if self.cache is not None and self.cache.scope == "tenant":
+            return ContentKey(it.sha, it.upload.tenant if it.upload else None)
+        return it.sha
 
     def _lookup(self, pb: PreparedBatch, live: list[Item]) -> None:
-        hits: dict[str, Score] | None = {}
+        hits: dict[CacheKey, Score] | None = {}
         if self.cache is not None and live:
             with self.metrics.timed("cache_read"):
-                hits = self.cache.get_many(pb.models.primary.sha256, (it.sha for it in live if it.sha))
+                hits = self.cache.get_many(pb.models.primary.sha256, {self._key(it) for it in live})
         for it in live:
             assert it.sha is not None
-            if hits and it.sha in hits:
-                it.score, it.cache = hits[it.sha], CacheStatus.hit
+            hit = hits.get(self._key(it)) if hits else None
+            if hit is not None:
+                it.score, it.cache = hit, CacheStatus.hit
             else:
                 pb.misses.setdefault(it.sha, []).append(it)
         if self.cache is not None and live:
@@ -138,44 +166,38 @@ class BatchProcessor:
         limit = self.settings.decode_timeout_s
         if isinstance(self.pool, DecodePool) and limit > 0:
             return self.pool.submit_limited(
-                limit, lambda: InputError(ErrorCode.decode_timeout, f"decoding took longer than {limit:g}s"), self.decode, models, data
+                limit,
+                lambda: InputError(ErrorCode.decode_timeout, f"decoding took longer than {limit:g}s"),
+                prepare_image,
+                data,
+                models,
+                self.settings.decode_limits,
+                self.settings.near_distance is not None,
             )
-        return self.pool.submit(self.decode, models, data)
-
-    def decode(self, models: Models, data: bytes) -> Prepared:
-        """Decode and preprocess one image for every bundle of ``models`` (runs in the pool)."""
-        t0 = time.perf_counter()
-        primary, shadow = models.primary, models.shadow
-        own = shadow if shadow is not None and not models.shadow_same_input else None
-        try:
-            img = decode_image(data, self.settings.decode_limits, models.draft_side).image
-            pixels = clip_input(img, primary.preprocess)
-            native = native_crop(img, primary.native_crop_size) if primary.native_crop_size else None
-            hashed = phash(img) if self.settings.near_distance is not None else None
-            shadow_pixels = clip_input(img, own.preprocess) if own else None
-            shadow_native = native_crop(img, own.native_crop_size) if own and own.native_crop_size else None
-        except InputError:
-            raise
-        except Exception as exc:  # a decoder or resampler blowing up on odd data is still bad input
-            raise InputError(ErrorCode.undecodable, f"image processing failed: {type(exc).__name__}: {exc}") from None
-        return Prepared(pixels, native, (time.perf_counter() - t0) * 1000, hashed, shadow_pixels, shadow_native)
+        return self.pool.submit(prepare_image, data, models, self.settings.decode_limits, self.settings.near_distance is not None)
 
     def _near_duplicates(self, pb: PreparedBatch) -> None:
-        """Serve exact misses whose pHash is close to a cached image's from that image's score."""
+        """Serve exact misses whose pHash is close to a cached image's (in their scope) from that image's score."""
         assert self.cache is not None and self.settings.near_distance is not None
         with self.metrics.timed("near_duplicate"):
-            wanted = {sha: p.phash for sha, p in pb.ready if p.phash is not None}
+            wanted = {self._key(it): p.phash for sha, p in pb.ready if p.phash is not None for it in pb.misses[sha]}
             found = self.cache.near_many(pb.models.primary.sha256, wanted, self.settings.near_distance) or {}
         keep = []
         for sha, prep in pb.ready:
-            match = found.get(sha)
-            if match is None:
-                keep.append((sha, prep))
-                continue
-            for it in pb.misses.pop(sha):
+            rest = []
+            for it in pb.misses[sha]:
+                match = found.get(self._key(it))
+                if match is None:
+                    rest.append(it)
+                    continue
                 it.score, it.cache = match.score, CacheStatus.near_duplicate
-            log.debug("near_duplicate", content_sha256=sha, matched=match.content_sha256, distance=match.distance)
-            self.metrics.cache_lookups.inc(1, "near_duplicate")
+                log.debug("near_duplicate", content_sha256=sha, matched=match.content_sha256, distance=match.distance)
+                self.metrics.cache_lookups.inc(1, "near_duplicate")
+            if rest:
+                pb.misses[sha] = rest
+                keep.append((sha, prep))
+            else:
+                del pb.misses[sha]
         pb.ready = keep
 
     # -- second half: inference, shadow, cache write, outcomes --------------------------
@@ -186,8 +208,9 @@ class BatchProcessor:
                 self._shadow(pb, [(sha, prep) for sha, prep in pb.ready if sha in fresh])
             if self.cache is not None and fresh:
                 with self.metrics.timed("cache_write"):
-                    phashes = {sha: p.phash for sha, p in pb.ready if p.phash is not None and sha in fresh}
-                    self.cache.set_many(pb.models.primary.sha256, fresh, phashes, self.settings.near_distance or 0)
+                    entries = {self._key(it): score for sha, score in fresh.items() for it in pb.misses[sha]}
+                    phashes = {self._key(it): p.phash for sha, p in pb.ready if p.phash is not None and sha in fresh for it in pb.misses[sha]}
+                    self.cache.set_many(pb.models.primary.sha256, entries, phashes, self.settings.near_distance or 0)
         return [self._outcome(pb.models, it) for it in pb.items]
 
     def process(self, records: Sequence[InputRecord]) -> list[Outcome]:

@@ -12,6 +12,7 @@ from worker.config import WorkerConfig, message_bytes_for
 from worker.errors import InputError
 from worker.ingest.decode import DecodeLimits
 from worker.ingest.fetch import FetchPolicy
+from worker.ingest.fetcher import policy_from_config
 from worker.ingest.wire import InputRecord, Upload
 from worker.model.rollout import Models
 from worker.model.scores import Score
@@ -43,7 +44,7 @@ class PipelineSettings:
             max_image_bytes=cfg.max_image_bytes,
             decode_limits=DecodeLimits(cfg.max_image_bytes, cfg.max_image_pixels, cfg.min_image_side),
             decode_timeout_s=cfg.decode_timeout_s,
-            fetch_policy=FetchPolicy(cfg.allowed_hosts, cfg.fetch_file_root, cfg.fetch_timeout_s, cfg.max_image_bytes),
+            fetch_policy=policy_from_config(cfg),
             near_distance=cfg.near_duplicate_max_distance if cfg.near_duplicate_max_distance >= 0 else None,
             outcome_limits=OutcomeLimits.for_producer(message_bytes_for(cfg.max_image_bytes), min(cfg.dead_letter_payload_max_bytes, cfg.max_image_bytes)),
         )
