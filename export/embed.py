@@ -101,13 +101,15 @@ def _view_rng(rel: str, seed: int) -> np.random.Generator:
 
 
 @dataclass
-class Prepared:
+class EncoderInputs:
+    """What one training file feeds the encoder: the worker's CLIP pixels, NTF's two augmented views, a native-resolution crop."""
+
     pixels: np.ndarray
     views: np.ndarray | None
     native: np.ndarray | None
 
 
-def prepare(item: Item, pre: Preprocess, opts: EmbedOptions, limits: DecodeLimits) -> Prepared:
+def encoder_inputs(item: Item, pre: Preprocess, opts: EmbedOptions, limits: DecodeLimits) -> EncoderInputs:
     """The worker's decode and preprocessing for one file (plus NTF's views for real images)."""
     draft = pre.image_size if (pre.allow_draft and opts.native_crop is None) else None
     decoded = decode_image(item.path.read_bytes(), limits, draft)
@@ -119,7 +121,7 @@ def prepare(item: Item, pre: Preprocess, opts: EmbedOptions, limits: DecodeLimit
     native = None
     if opts.native_crop:
         native = np.round(native_crop(decoded.image, opts.native_crop) * 255.0).astype(np.uint8)
-    return Prepared(pixels, views, native)
+    return EncoderInputs(pixels, views, native)
 
 
 def _device(name: str) -> torch.device:
@@ -192,9 +194,9 @@ def embed_dataset(root: Path, out: Path, opts: EmbedOptions, progress: bool = Fa
     bar = tqdm(total=sum(len(c) for _, c in mine), initial=done, desc=f"embed {i}/{n}", unit="img", disable=not progress)
     with ThreadPoolExecutor(max(1, opts.workers)) as pool:
         for k, chunk in todo:
-            prepared: list[Prepared] = []
+            prepared: list[EncoderInputs] = []
             for lo in range(0, len(chunk), opts.batch_size):
-                batch = list(pool.map(lambda it: prepare(it, pre, opts, limits), chunk[lo : lo + opts.batch_size]))
+                batch = list(pool.map(lambda it: encoder_inputs(it, pre, opts, limits), chunk[lo : lo + opts.batch_size]))
                 prepared.extend(batch)
                 bar.update(len(batch))
             emb = _encode(encoder, np.stack([p.pixels for p in prepared]), device, opts.batch_size)
