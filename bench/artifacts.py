@@ -101,8 +101,12 @@ def photo_crops(n: int, size: tuple[int, int] = (640, 480), seed: int = 0) -> li
     return out
 
 
-def unique_jpegs(n: int, size: tuple[int, int] = (640, 480), quality: int = 85, seed: int = 0) -> list[bytes]:
-    """``n`` JPEGs with distinct content (so no cache or in-batch dedupe can help)."""
+def photo_jpegs(n: int, size: tuple[int, int] = (640, 480), quality: int = 85, seed: int = 0) -> list[bytes]:
+    """``n`` JPEG crops of real photographs with distinct content (so no cache or in-batch dedupe can help).
+
+    Photo-sized and photo-like on purpose: decode and preprocessing cost what an upload costs.
+    (The tests' :func:`devkit.images.unique_jpegs` are tiny colour fields, cheap to score.)
+    """
     return [encode_jpeg(v, quality) for v in photo_crops(n, size, seed)]
 
 

@@ -1,8 +1,14 @@
-"""Repetitions, medians and spread.
+"""Repetitions, medians and spread; rates and latencies from output timestamps.
 
 Every number the benchmarks report is the median of several repetitions with
 its spread (min, max and the interquartile range), because on a shared 2-core
 machine a single run says more about the neighbours than about the code.
+
+Streaming throughput is read off the output topic, not the harness's clock:
+each verdict record's timestamp is when the worker produced it and its
+``timings.total_ms`` dates the pick-up, so the rate (:func:`steady_rate`)
+excludes process start-up (imports, bundle load, group join) and the reader's
+own polling delay never counts.
 """
 
 from __future__ import annotations
@@ -61,3 +67,49 @@ def percentile(xs: Sequence[float], q: float) -> float:
     lo = int(k)
     hi = min(lo + 1, len(ys) - 1)
     return ys[lo] + (ys[hi] - ys[lo]) * (k - lo)
+
+
+def steady_rate(timestamps_ms: Sequence[int], group_ms: int = 5, starts_ms: Sequence[float] = ()) -> dict[str, Any]:
+    """Outputs per second from output timestamps, start-up (process start, bundle load, group join) excluded.
+
+    With ``starts_ms`` (per verdict: its timestamp minus ``timings.total_ms``,
+    i.e. when the worker picked the record up), ``rate`` is all outputs over the
+    span from the first pick-up to the last output: the wall time the worker
+    spent on the backlog, first batch included, the same thing the offline
+    scorer's wall time measures.
+
+    Without (consumers that report no timings), ``rate`` is the outputs after
+    the first group (records within ``group_ms`` of the first one: the first
+    batch) over the time from that group to the last output; for a
+    one-at-a-time consumer that is (n - 1) / span. ``middle80_rate`` is the rate
+    over the middle 80 % of outputs, for comparison; it is coarse when a run has
+    few batches.
+    """
+    ts = sorted(timestamps_ms)
+    n = len(ts)
+    out: dict[str, Any] = {"outputs": float(n), "span_s": (ts[-1] - ts[0]) / 1000 if n > 1 else 0.0}
+    first = sum(1 for t in ts if t <= ts[0] + group_ms) if n else 0
+    out["first_group"] = float(first)
+    out["full_rate"] = (n - 1) / out["span_s"] if out["span_s"] > 0 else float("nan")
+    if starts_ms and n:
+        busy = (ts[-1] - min(starts_ms)) / 1000
+        out["busy_s"] = busy
+        out["rate"] = n / busy if busy > 0 else float("nan")
+        out["rate_basis"] = "first pick-up to last verdict"
+    else:
+        out["rate"] = (n - first) / out["span_s"] if out["span_s"] > 0 and n > first else float("nan")
+        out["rate_basis"] = "after the first batch"
+    lo, hi = int(n * 0.1), max(int(n * 0.9) - 1, 0)
+    window = (ts[hi] - ts[lo]) / 1000 if hi > lo else 0.0
+    out["middle80_rate"] = (hi - lo) / window if window > 0 else float("nan")
+    return out
+
+
+def latency_stats(latencies_ms: Sequence[float]) -> dict[str, float]:
+    return {
+        "n": float(len(latencies_ms)),
+        "p50_ms": percentile(latencies_ms, 50),
+        "p90_ms": percentile(latencies_ms, 90),
+        "p99_ms": percentile(latencies_ms, 99),
+        "max_ms": max(latencies_ms) if latencies_ms else float("nan"),
+    }

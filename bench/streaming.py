@@ -16,8 +16,9 @@
 
 Every run gets fresh topics; the broker and Redis are started by
 :func:`devkit.servers.dev_servers` (``AIGIS_TEST_KAFKA`` / ``AIGIS_TEST_REDIS``
-point at existing ones). Rates come from output record timestamps
-(:func:`bench.stream.steady_rate`).
+point at existing ones). Workers, the naive consumer and the bare loop are
+driven and read through :mod:`devkit.harness`, as the integration tests drive
+them. Rates come from output record timestamps (:func:`bench.stats.steady_rate`).
 """
 
 from __future__ import annotations
@@ -35,26 +36,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from bench.artifacts import CACHE, ensure_bundle, ensure_variant, jpeg_near_size, unique_jpegs, with_comment
+from bench.artifacts import CACHE, ensure_bundle, ensure_variant, jpeg_near_size, photo_jpegs, with_comment
 from bench.options import Options
+from bench.profiling import Profiler, available_py_spy, summarize_profile
 from bench.results import BenchResult
-from bench.stats import summarize
-from bench.stream import (
-    ROOT,
-    Collector,
-    Profiler,
-    Topics,
-    WorkerProc,
-    available_py_spy,
-    create_topics,
-    latency_stats,
-    producer,
-    publish,
-    steady_rate,
-    worker_env,
-)
-from devkit.servers import dev_servers
-from worker.config import WorkerConfig
+from bench.stats import latency_stats, steady_rate, summarize
+from devkit.harness import ROOT, OutputReader, Topics, create_topics, open_producer, publish, settings_env, start_module, start_worker, stop, worker_env
+from devkit.servers import DevServers, dev_servers
+from worker.config import WorkerConfig, env_var_names
 
 PROFILES = CACHE / "profiles"
 #: max-batch of the tuned worker row in the cache benchmark.
@@ -69,25 +58,45 @@ def _arch_seed(arch: str) -> int:
     return sum(arch.encode())
 
 
-def _env(r: BenchResult, opts: Options, bootstrap: str, topics: Topics, bundle: Path, redis_url: str = "", **settings: Any) -> dict[str, str]:
-    env, dropped = worker_env(bootstrap, topics, bundle, redis_url, opts.worker_log_level, **{**settings, **opts.worker_env})
+#: Worker processes stop within this (SIGTERM drains; SIGKILL after it).
+STOP_S = 60.0
+
+
+def _providers() -> str:
+    from bench.machine import gpus
+
+    return "CUDAExecutionProvider,CPUExecutionProvider" if gpus() else "CPUExecutionProvider"
+
+
+def _env(r: BenchResult, opts: Options, servers: DevServers, topics: Topics, bundle: Path, cache: bool = False, **settings: Any) -> dict[str, str]:
+    """The harness's worker environment with the cache on or off and ``settings`` (by config field name) on top.
+
+    Settings the installed worker does not know are dropped with a note rather
+    than passed (its config forbids unknown fields).
+    """
+    env = worker_env(
+        servers, topics, bundle, AIGIS_REDIS_URL=servers.redis_url if cache else "", AIGIS_LOG_LEVEL=opts.worker_log_level, AIGIS_PROVIDERS=_providers()
+    )
+    known, dropped = settings_env({**settings, **opts.worker_env})
+    env.update(known)
     for var in dropped:
         msg = f"the installed worker has no setting {var}; it was not passed"
         if msg not in r.notes:
             r.note(msg)
-    r.config.setdefault("worker_settings", {k: v for k, v in env.items() if k.startswith("AIGIS_") and k not in ("AIGIS_BOOTSTRAP_SERVERS",)})
+    names = env_var_names() - {"AIGIS_BOOTSTRAP_SERVERS"}
+    r.config.setdefault("worker_settings", {k: v for k, v in env.items() if k in names})
     return env
 
 
 def warmup_items(arch: str, tag: str, n: int = 32) -> list[tuple[bytes, bytes]]:
     """A batch of distinct images the worker scores before the measured ones (first-run allocations, thread start-up)."""
-    return [(f"warm-{tag}-{i}".encode(), v) for i, v in enumerate(unique_jpegs(n, seed=_arch_seed(arch) + 99))]
+    return [(f"warm-{tag}-{i}".encode(), v) for i, v in enumerate(photo_jpegs(n, seed=_arch_seed(arch) + 99))]
 
 
 def run_worker_once(
     r: BenchResult,
     opts: Options,
-    bootstrap: str,
+    servers: DevServers,
     topics: Topics,
     bundle: Path,
     items: list[tuple[bytes, bytes]],
@@ -103,19 +112,19 @@ def run_worker_once(
     of a measured item to its last verdict (output timestamps and timings).
     """
     keys = {k.decode() for k, _ in items}
-    env = _env(r, opts, bootstrap, topics, bundle, **settings)
-    worker = WorkerProc.start(env, log)
-    collector = Collector(bootstrap, [topics.verdicts, topics.dead], keep_values=True)
+    boot = servers.bootstrap_servers
+    worker = start_worker(_env(r, opts, servers, topics, bundle, **settings), log)
+    reader = OutputReader(boot, topics)
     try:
         if warmup:
-            publish(bootstrap, topics.uploads, warmup)
-            collector.wait_for({k.decode() for k, _ in warmup}, timeout_s, worker)
-        publish(bootstrap, topics.uploads, items)
-        collector.wait_for(keys, timeout_s, worker)
+            publish(boot, topics.uploads, warmup)
+            reader.require({k.decode() for k, _ in warmup}, timeout_s, worker, log)
+        publish(boot, topics.uploads, items)
+        reader.require(keys, timeout_s, worker, log)
     finally:
-        worker.stop()
-        collector.close()
-    outs = [collector.seen[k] for k in keys]
+        stop(worker, timeout=STOP_S)
+        reader.close()
+    outs = [reader.outputs[k] for k in keys]
     dead = [o for o in outs if o.topic == topics.dead]
     if dead:
         codes = Counter(json.loads(o.value).get("error_code") for o in dead)
@@ -128,7 +137,7 @@ def run_worker_once(
             except (ValueError, KeyError, TypeError):
                 pass
     rate = steady_rate([o.timestamp_ms for o in outs], starts_ms=starts)
-    rate["duplicates"] = float(collector.duplicates)
+    rate["duplicates"] = float(reader.duplicates)
     rate["_values"] = {o.key: o.value for o in outs if o.topic == topics.verdicts}  # type: ignore[assignment]
     return rate
 
@@ -144,7 +153,7 @@ def run_streaming(opts: Options) -> BenchResult:
         for arch in opts.stream_archs:
             bundle = ensure_bundle(arch)
             n = opts.stream_images[arch]
-            images = unique_jpegs(n, seed=_arch_seed(arch))
+            images = photo_jpegs(n, seed=_arch_seed(arch))
             folder = Path(tmp) / arch
             folder.mkdir()
             for i, data in enumerate(images):
@@ -161,11 +170,11 @@ def run_streaming(opts: Options) -> BenchResult:
 
             stream_rates, middle = [], []
             for rep in range(reps):
-                topics = Topics.fresh(servers.bootstrap_servers)
+                topics = Topics.fresh(servers.bootstrap_servers, 2)
                 items = [(f"{arch}-{rep}-{i}".encode(), v) for i, v in enumerate(images)]
                 print(f"  {arch}: streaming run {rep + 1}/{reps} ...", flush=True)
                 log = Path(tmp) / f"worker-{arch}-{rep}.log"
-                res = run_worker_once(r, opts, servers.bootstrap_servers, topics, bundle, items, log, 120 + n * 2.0, warmup_items(arch, f"s{rep}"))
+                res = run_worker_once(r, opts, servers, topics, bundle, items, log, 120 + n * 2.0, warmup_items(arch, f"s{rep}"))
                 stream_rates.append(res["rate"])
                 middle.append(res["middle80_rate"])
             off = summarize(off_rates)
@@ -178,10 +187,10 @@ def run_streaming(opts: Options) -> BenchResult:
             for settings in opts.stream_sweep:
                 label = ", ".join(f"AIGIS_{k.upper()}={v}" for k, v in settings.items())
                 print(f"  {arch}: streaming with {label} ...", flush=True)
-                topics = Topics.fresh(servers.bootstrap_servers)
+                topics = Topics.fresh(servers.bootstrap_servers, 2)
                 items = [(f"{arch}-sweep-{label}-{i}".encode(), v) for i, v in enumerate(images)]
                 log = Path(tmp) / f"worker-{arch}-sweep.log"
-                res = run_worker_once(r, opts, servers.bootstrap_servers, topics, bundle, items, log, 120 + n * 2.0, warmup_items(arch, "sweep"), **settings)
+                res = run_worker_once(r, opts, servers, topics, bundle, items, log, 120 + n * 2.0, warmup_items(arch, "sweep"), **settings)
                 r.add(arch=arch, mode=f"streaming, {label}", images=n, images_per_s=summarize([res["rate"]]), ratio_to_offline=res["rate"] / off["median"])
                 print(f"  {arch}: {label}: {res['rate']:.1f} img/s ({res['rate'] / off['median']:.2f} of offline)", flush=True)
     if opts.stream_sweep:
@@ -198,10 +207,7 @@ def run_naive_once(bootstrap: str, topics: Topics, arch: str, bundle: Path, keys
     manifest, _ = read_manifest(bundle)
     out_topic = f"{topics.verdicts}-naive-{uuid.uuid4().hex[:6]}"
     create_topics(bootstrap, [out_topic], 1)
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.naive_consumer",
+    args = [
         "--bootstrap",
         bootstrap,
         "--topic",
@@ -217,14 +223,14 @@ def run_naive_once(bootstrap: str, topics: Topics, arch: str, bundle: Path, keys
         "--count",
         str(len(keys)),
     ]
-    proc = WorkerProc(subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True), log)
-    collector = Collector(bootstrap, [out_topic])
+    proc = start_module("bench.naive_consumer", args, log)
+    reader = OutputReader(bootstrap, [out_topic])
     try:
-        collector.wait_for(keys, timeout_s, proc, what="naive consumer")
+        reader.require(keys, timeout_s, proc, log, what="naive consumer")
     finally:
-        proc.stop()
-        collector.close()
-    outs = [collector.seen[k] for k in keys]
+        stop(proc, timeout=STOP_S)
+        reader.close()
+    outs = [reader.outputs[k] for k in keys]
     res = steady_rate([o.timestamp_ms for o in outs])
     res["_values"] = {o.key: o.value for o in outs}  # type: ignore[assignment]
     return res
@@ -261,7 +267,7 @@ def run_baseline(opts: Options) -> BenchResult:
             bundle = ensure_bundle(arch)
             int8 = ensure_variant(arch, "int8")
             n = opts.stream_images[arch]
-            images = unique_jpegs(n, seed=_arch_seed(arch) + 1)
+            images = photo_jpegs(n, seed=_arch_seed(arch) + 1)
             rates: dict[str, list[float]] = {"naive": [], "aigis-fp32": [], "aigis-int8": []}
             runs: list[tuple[str, Path, dict[str, str]]] = [("aigis-fp32", bundle, {}), ("aigis-int8", int8, {})]
             best = _best_cpu_batch(arch, "int8", opts.out)
@@ -272,7 +278,7 @@ def run_baseline(opts: Options) -> BenchResult:
                 runs.append((tuned, int8, {"max_batch": str(best)}))
             agreement: list[float] = []
             for rep in range(reps):
-                topics = Topics.fresh(servers.bootstrap_servers)
+                topics = Topics.fresh(servers.bootstrap_servers, 2)
                 keys = [f"{arch}-{rep}-{i}" for i in range(n)]
                 items = [(k.encode(), v) for k, v in zip(keys, images, strict=True)]
                 publish(servers.bootstrap_servers, topics.uploads, items)
@@ -282,9 +288,9 @@ def run_baseline(opts: Options) -> BenchResult:
                 rates["naive"].append(naive["rate"])
                 for label, path, settings in runs:
                     print(f"  {arch} rep {rep + 1}/{reps}: {label} worker ...", flush=True)
-                    t = Topics.fresh(servers.bootstrap_servers)  # its own input topic: warm-up first, then the same images
+                    t = Topics.fresh(servers.bootstrap_servers, 2)  # its own input topic: warm-up first, then the same images
                     log = Path(tmp) / f"{label.split(',')[0]}-{arch}-{rep}-{len(settings)}.log"
-                    res = run_worker_once(r, opts, servers.bootstrap_servers, t, path, items, log, timeout, warmup_items(arch, f"{label}{rep}"), **settings)
+                    res = run_worker_once(r, opts, servers, t, path, items, log, timeout, warmup_items(arch, f"{label}{rep}"), **settings)
                     rates[label].append(res["rate"])
                     if label == "aigis-fp32":
                         a = {k: json.loads(v)["score"] for k, v in res["_values"].items()}
@@ -327,10 +333,7 @@ def _bare_once(bootstrap: str, uploads: str, count: int, max_records: int, log: 
     tag = uuid.uuid4().hex[:6]
     out_topic = f"bench-bare-out-{tag}"
     create_topics(bootstrap, [out_topic], 1)
-    cmd = [
-        sys.executable,
-        "-m",
-        "bench.bare_loop",
+    args = [
         "--bootstrap",
         bootstrap,
         "--topic",
@@ -344,62 +347,14 @@ def _bare_once(bootstrap: str, uploads: str, count: int, max_records: int, log: 
         "--max-records",
         str(max_records),
     ]
-    proc = WorkerProc(subprocess.Popen(cmd, cwd=ROOT, stdout=log.open("ab"), stderr=subprocess.STDOUT, start_new_session=True), log)
-    collector = Collector(bootstrap, [out_topic], keep_values=False)
+    proc = start_module("bench.bare_loop", args, log)
+    reader = OutputReader(bootstrap, [out_topic], keep_values=False)
     try:
-        collector.wait_for({f"dup-{i}" for i in range(count)}, timeout_s, proc, what="bare loop")
+        reader.require({f"dup-{i}" for i in range(count)}, timeout_s, proc, log, what="bare loop")
     finally:
-        proc.stop()
-        collector.close()
-    return steady_rate([o.timestamp_ms for o in collector.seen.values()])
-
-
-def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
-    """py-spy raw (collapsed) stacks -> share of samples per thread, per library and per leaf function."""
-    threads: Counter[str] = Counter()
-    libs: Counter[str] = Counter()
-    leaves: Counter[str] = Counter()
-    inclusive: Counter[str] = Counter()
-    total = 0
-    for line in raw.read_text(errors="replace").splitlines():
-        stack, _, count_s = line.rpartition(" ")
-        if not stack or not count_s.isdigit():
-            continue
-        count = int(count_s)
-        frames = stack.split(";")
-        head = frames[0]
-        thread = head.split(": ", 1)[1] if ": " in head else head
-        thread = thread.split(" (")[0].rstrip("0123456789_-") or thread
-        threads[thread] += count
-        total += count
-        calls = frames[1:]
-        if not calls:
-            continue
-        leaf = calls[-1]
-        func, _, where = leaf.partition(" (")
-        path = where.rsplit(":", 1)[0]
-        leaves[f"{func} ({_short(path)})"] += count
-        libs[_library(path)] += count
-        for name in {f"{c.partition(' (')[0]} ({_short(c.partition(' (')[2].rsplit(':', 1)[0])})" for c in calls}:
-            inclusive[name] += count
-    share = (lambda c: [{"name": k, "share": v / total} for k, v in c.most_common(top)]) if total else (lambda c: [])
-    return {"samples": total, "threads": share(threads), "libraries": share(libs), "self": share(leaves), "inclusive": share(inclusive)}
-
-
-def _short(path: str) -> str:
-    for marker in ("site-packages/", "/work/main/", "lib/python3.11/"):
-        if marker in path:
-            return path.split(marker, 1)[1]
-    return Path(path).name
-
-
-def _library(path: str) -> str:
-    short = _short(path)
-    if "site-packages/" in path:
-        return short.split("/", 1)[0]
-    if short.startswith(("worker/", "schemas/", "bench/")):
-        return short.rsplit(".", 1)[0].replace("/", ".")
-    return "stdlib:" + short.split("/", 1)[0].removesuffix(".py")
+        stop(proc, timeout=STOP_S)
+        reader.close()
+    return steady_rate([o.timestamp_ms for o in reader.outputs.values()])
 
 
 def run_cache(opts: Options) -> BenchResult:
@@ -411,33 +366,33 @@ def run_cache(opts: Options) -> BenchResult:
     bundle = ensure_bundle("aigis-tiny")
     with dev_servers() as servers, tempfile.TemporaryDirectory(prefix="aigis-bench-") as tmp:
         boot = servers.bootstrap_servers
-        uploads = Topics.fresh(boot).uploads
+        uploads = Topics.fresh(boot, 2).uploads
         keys = [f"dup-{i}" for i in range(n)]
         print(f"  publishing {n} duplicate uploads ...", flush=True)
         publish(boot, uploads, [(k.encode(), distinct[i % len(distinct)]) for i, k in enumerate(keys)])
 
         def worker_run(label: str, log_level: str, profile: Path | None = None, **settings: Any) -> dict[str, Any]:
-            t = Topics(uploads, f"bench-v-{label}-{uuid.uuid4().hex[:6]}", f"bench-d-{label}-{uuid.uuid4().hex[:6]}", f"bench-g-{uuid.uuid4().hex[:6]}")
-            create_topics(boot, [t.verdicts, t.dead], 2)
-            env = _env(r, opts, boot, t, bundle, servers.redis_url, **settings)
+            t = Topics.fresh(boot, 2, uploads=uploads)  # every worker run reads the same backlog with its own group and outputs
+            env = _env(r, opts, servers, t, bundle, cache=True, **settings)
             env["AIGIS_LOG_LEVEL"] = log_level
-            worker = WorkerProc.start(env, Path(tmp) / f"{label}.log")
-            collector = Collector(boot, [t.verdicts, t.dead], keep_values=False)
+            log = Path(tmp) / f"{label}.log"
+            worker = start_worker(env, log)
+            reader = OutputReader(boot, t, keep_values=False)
             spy = None
             try:
                 if profile is not None:
-                    collector.wait_for(set(keys[: max(1, n // 10)]), 120, worker)  # warm: bundle loaded, group joined, cache primed
-                    spy = Profiler(worker.proc.pid, profile)
-                collector.wait_for(set(keys), 120 + n / 100, worker)
+                    reader.require(set(keys[: max(1, n // 10)]), 120, worker, log)  # warm: bundle loaded, group joined, cache primed
+                    spy = Profiler(worker.pid, profile)
+                reader.require(set(keys), 120 + n / 100, worker, log)
             finally:
-                if spy is not None:
+                if spy is not None and profile is not None:
                     err = spy.stop()
-                    if not profile.is_file():  # type: ignore[union-attr]
+                    if not profile.is_file():
                         r.note(f"py-spy wrote no profile: {err.strip()}")
-                worker.stop()
-                collector.close()
-            misses = sum(1 for o in collector.seen.values() if o.topic != t.verdicts)
-            res = steady_rate([o.timestamp_ms for o in collector.seen.values()])
+                stop(worker, timeout=STOP_S)
+                reader.close()
+            misses = sum(1 for o in reader.outputs.values() if o.topic != t.verdicts)
+            res = steady_rate([o.timestamp_ms for o in reader.outputs.values()])
             res["dead_letters"] = float(misses)
             return res
 
@@ -490,7 +445,7 @@ def run_cache(opts: Options) -> BenchResult:
 def _offered_load(bootstrap: str, topic: str, pool: list[bytes], tag: str, rate: float, seconds: float) -> dict[str, float]:
     """Open-loop producer: message i leaves at t0 + i / rate whatever the worker does; returns key -> send time."""
     count = max(10, int(rate * seconds))
-    prod = producer(bootstrap, linger_ms=0)
+    prod = open_producer(bootstrap, linger_ms=0)
     sent: dict[str, float] = {}
     t0 = time.time() + 0.2
     for i in range(count):
@@ -507,13 +462,13 @@ def _offered_load(bootstrap: str, topic: str, pool: list[bytes], tag: str, rate:
 
 
 def _latency_point(
-    boot: str, collector: Collector, worker: WorkerProc, uploads: str, pool: list[bytes], tag: str, rate: float, seconds: float
-) -> tuple[dict[str, float], dict[str, float]]:
+    boot: str, reader: OutputReader, worker: subprocess.Popen[bytes], log: Path, uploads: str, pool: list[bytes], tag: str, rate: float, seconds: float
+) -> tuple[dict[str, float], dict[str, Any]]:
     """Offer ``rate`` uploads/s for ``seconds``; latency stats and the verdict rate achieved."""
     sent = _offered_load(boot, uploads, pool, tag, rate, seconds)
-    collector.wait_for(set(sent), seconds * 8 + 120, worker)
-    lat = [collector.seen[k].timestamp_ms - sent[k] * 1000 for k in sent]
-    return latency_stats(lat), steady_rate([collector.seen[k].timestamp_ms for k in sent])
+    reader.require(set(sent), seconds * 8 + 120, worker, log)
+    lat = [reader.outputs[k].timestamp_ms - sent[k] * 1000 for k in sent]
+    return latency_stats(lat), steady_rate([reader.outputs[k].timestamp_ms for k in sent])
 
 
 def broker_floor(boot: str, fetch_max_wait_ms: int, rate: float, seconds: float, pool: list[bytes]) -> dict[str, float]:
@@ -568,16 +523,16 @@ def run_latency(opts: Options) -> BenchResult:
         for arch in opts.stream_archs:
             bundle = ensure_bundle(arch)
             n_cap = opts.stream_images[arch]
-            cap_images = unique_jpegs(n_cap, seed=_arch_seed(arch) + 2)
-            topics = Topics.fresh(boot)
+            cap_images = photo_jpegs(n_cap, seed=_arch_seed(arch) + 2)
+            topics = Topics.fresh(boot, 2)
             items = [(f"cap-{i}".encode(), v) for i, v in enumerate(cap_images)]
             print(f"  {arch}: backlog rate on {n_cap} images ...", flush=True)
             log = Path(tmp) / f"cap-{arch}.log"
-            backlog = run_worker_once(r, opts, boot, topics, bundle, items, log, 120 + n_cap * 2.0, warmup_items(arch, "cap"))["rate"]
+            backlog = run_worker_once(r, opts, servers, topics, bundle, items, log, 120 + n_cap * 2.0, warmup_items(arch, "cap"))["rate"]
             if not backlog > 0:
                 raise RuntimeError(f"could not measure {arch}'s backlog rate from {n_cap} images; give it more (--stream-images)")
             r.config.setdefault("backlog_images_per_s", {})[arch] = backlog
-            pool = unique_jpegs(32, seed=_arch_seed(arch) + 3)
+            pool = photo_jpegs(32, seed=_arch_seed(arch) + 3)
 
             if arch == opts.stream_archs[0]:
                 for fmw in (500, 20):
@@ -593,17 +548,17 @@ def run_latency(opts: Options) -> BenchResult:
                     print(f"  broker floor, fetch_max_wait_ms={fmw}: p50 {floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms", flush=True)
             capacity = None
             for wait in opts.latency_waits_ms:
-                t = Topics.fresh(boot)
-                env = _env(r, opts, boot, t, bundle, max_wait_ms=wait)
-                worker = WorkerProc.start(env, Path(tmp) / f"lat-{arch}-{wait}.log")
-                collector = Collector(boot, [t.verdicts, t.dead], keep_values=False)
+                t = Topics.fresh(boot, 2)
+                log = Path(tmp) / f"lat-{arch}-{wait}.log"
+                worker = start_worker(_env(r, opts, servers, t, bundle, max_wait_ms=wait), log)
+                reader = OutputReader(boot, t, keep_values=False)
                 try:
                     warm = [f"warm-{i}" for i in range(4)]
                     publish(boot, t.uploads, [(k.encode(), with_comment(pool[i], k)) for i, k in enumerate(warm)])
-                    collector.wait_for(set(warm), 180, worker)
+                    reader.require(set(warm), 180, worker, log)
                     if capacity is None:
                         print(f"  {arch}: capacity under a live producer (offered {1.5 * backlog:.1f}/s) ...", flush=True)
-                        _, got = _latency_point(boot, collector, worker, t.uploads, pool, "sat", 1.5 * backlog, opts.latency_seconds)
+                        _, got = _latency_point(boot, reader, worker, log, t.uploads, pool, "sat", 1.5 * backlog, opts.latency_seconds)
                         capacity = got["rate"]
                         if not capacity > 0:
                             raise RuntimeError(f"could not measure {arch}'s capacity (rate {capacity}); give it more images or seconds")
@@ -613,13 +568,13 @@ def run_latency(opts: Options) -> BenchResult:
                     for load in opts.latency_loads:
                         rate = load * capacity
                         print(f"  {arch}: max-wait {wait} ms, offered {rate:.1f}/s ({load:.0%}) for {opts.latency_seconds:.0f} s ...", flush=True)
-                        stats, got = _latency_point(boot, collector, worker, t.uploads, pool, f"w{wait}-l{int(load * 100)}", rate, opts.latency_seconds)
+                        stats, got = _latency_point(boot, reader, worker, log, t.uploads, pool, f"w{wait}-l{int(load * 100)}", rate, opts.latency_seconds)
                         r.add(arch=arch, max_wait_ms=wait, load=load, offered_per_s=rate, achieved_per_s=got["full_rate"], **stats)
                         print(
                             f"    p50 {stats['p50_ms']:.1f} ms  p99 {stats['p99_ms']:.1f} ms  (n={int(stats['n'])}, achieved {got['full_rate']:.1f}/s)",
                             flush=True,
                         )
                 finally:
-                    worker.stop()
-                    collector.close()
+                    stop(worker, timeout=STOP_S)
+                    reader.close()
     return r.finish()

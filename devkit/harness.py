@@ -1,7 +1,10 @@
 """The shared harness: private topics, publishing, worker processes, reading outputs, probes.
 
 Used by the integration tests, the benchmarks and the demo, so each of them
-drives a worker the same way.
+drives a worker the same way: the real CLI (``python -m worker``) in its own
+process, configured only through ``AIGIS_*`` environment variables, talking to
+the real broker and Redis. Reading outputs lives in :mod:`devkit.outputs`
+(re-exported here).
 """
 
 from __future__ import annotations
@@ -17,25 +20,63 @@ import time
 import urllib.error
 import urllib.request
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from kafka import KafkaConsumer, TopicPartition
+from kafka import KafkaProducer
 from PIL import Image
 
-from devkit.faults import wants_faults
+from devkit.faults import SWITCHES, wants_faults
+from devkit.outputs import MAX_IMAGE_BYTES, Output, OutputReader, committed_offsets, log_tail
 from devkit.servers import DevServers
-from worker.runtime.clients import ensure_topics, make_consumer, make_producer
+from worker.runtime.clients import ensure_topics, make_producer
 
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
-#: Group timing that makes a dead worker's partitions move in about a second.
+__all__ = [
+    "FAST_GROUP",
+    "MAX_IMAGE_BYTES",
+    "ROOT",
+    "Output",
+    "OutputReader",
+    "Topics",
+    "committed_offsets",
+    "create_topics",
+    "http_get",
+    "jpeg_bytes",
+    "log_events",
+    "log_tail",
+    "metric",
+    "metric_sum",
+    "open_producer",
+    "publish",
+    "raw_records",
+    "series",
+    "settings_env",
+    "start_module",
+    "start_worker",
+    "stop",
+    "wait_until",
+    "worker_env",
+]
+
+#: The repository root: processes the harness starts run here, so ``python -m bench.…``/``devkit.…`` resolve from a checkout.
+ROOT = Path(__file__).resolve().parents[1]
+#: Group timing that makes a dead worker's partitions move in about a second (and Tansu's joins take ~1 s, not ~5 s).
 FAST_GROUP = {"AIGIS_SESSION_TIMEOUT_MS": "2000", "AIGIS_HEARTBEAT_INTERVAL_MS": "500"}
+
+#: (key, value) or (key, value, headers), as :func:`publish` takes them.
+Item = tuple[bytes | None, bytes] | tuple[bytes | None, bytes, list[tuple[str, bytes]]]
+
+
+def create_topics(bootstrap: str, names: Sequence[str], partitions: int = 3) -> None:
+    """Create topics (if missing) that carry the harness's largest inline image."""
+    ensure_topics(bootstrap, list(names), partitions, MAX_IMAGE_BYTES)
 
 
 @dataclass
 class Topics:
-    """One test's private topics and group on the shared broker."""
+    """One test's (or benchmark run's) private topics and group on a shared broker."""
 
     uploads: str
     verdicts: str
@@ -43,11 +84,17 @@ class Topics:
     group: str
 
     @classmethod
-    def fresh(cls, bootstrap: str, partitions: int = 3) -> Topics:
+    def fresh(cls, bootstrap: str, partitions: int = 3, uploads: str | None = None) -> Topics:
+        """New topics and group; ``uploads`` reuses an existing input topic (several workers over one backlog)."""
         tag = uuid.uuid4().hex[:8]
-        t = cls(f"uploads-{tag}", f"verdicts-{tag}", f"dead-{tag}", f"workers-{tag}")
-        ensure_topics(bootstrap, [t.uploads, t.verdicts, t.dead], partitions, MAX_IMAGE_BYTES)
+        t = cls(uploads or f"uploads-{tag}", f"verdicts-{tag}", f"dead-{tag}", f"workers-{tag}")
+        create_topics(bootstrap, [t.verdicts, t.dead] if uploads else [t.uploads, t.verdicts, t.dead], partitions)
         return t
+
+    def create(self, bootstrap: str, partitions: int = 3) -> Topics:
+        """Create these (named) topics if missing; returns self."""
+        create_topics(bootstrap, [self.uploads, self.verdicts, self.dead], partitions)
+        return self
 
     def env(self) -> dict[str, str]:
         return {
@@ -64,33 +111,67 @@ def jpeg_bytes(img: Image.Image, quality: int = 90) -> bytes:
     return buf.getvalue()
 
 
-def publish(bootstrap: str, topic: str, items: Iterable[tuple[bytes | None, bytes, list[tuple[str, bytes]]]]) -> dict[int, int]:
-    """Produce and wait for acknowledgement; returns partition -> next offset (end) the broker confirmed.
+def open_producer(bootstrap: str, linger_ms: int = 2, client_id: str = "harness-producer") -> KafkaProducer:
+    """A producer sized like the worker's (whole images); ``linger_ms=0`` for an open-loop load generator."""
+    return make_producer(bootstrap, MAX_IMAGE_BYTES, client_id=client_id, linger_ms=linger_ms)
+
+
+def publish(bootstrap: str, topic: str, items: Iterable[Item], linger_ms: int = 2) -> dict[int, int]:
+    """Produce and wait for every acknowledgement; returns partition -> next offset (end) the broker confirmed.
 
     (Tansu's ListOffsets answer for "latest" is off for multi-record batches, so
     tests take end offsets from the produce acknowledgements instead.)
     """
-    producer = make_producer(bootstrap, MAX_IMAGE_BYTES, client_id="test-producer")
-    futures = [producer.send(topic, key=key, value=value, headers=headers) for key, value, headers in items]
+    producer = open_producer(bootstrap, linger_ms)
+    futures = [producer.send(topic, key=it[0], value=it[1], headers=it[2] if len(it) > 2 else None) for it in items]  # type: ignore[misc]
     producer.flush()
     ends: dict[int, int] = {}
     for f in futures:
-        meta = f.get(timeout=30)
+        meta = f.get(timeout=60)
         ends[meta.partition] = max(ends.get(meta.partition, 0), meta.offset + 1)
     producer.close()
     return ends
 
 
-def worker_env(servers: DevServers, topics: Topics, bundle: Path, **extra: str) -> dict[str, str]:
-    env = dict(os.environ)
+def settings_env(settings: Mapping[str, Any]) -> tuple[dict[str, str], list[str]]:
+    """``AIGIS_*`` variables for worker settings named by config field (``max_batch``) or variable (``AIGIS_MAX_BATCH``).
+
+    Returns them and the variables this worker does not read: a benchmark of an
+    older worker drops those with a note instead of failing.
+    """
+    from worker.config import env_var, env_var_names
+
+    known = env_var_names()
+    env: dict[str, str] = {}
+    unknown: list[str] = []
+    for name, value in settings.items():
+        var = name if name.startswith("AIGIS_") else env_var(name)
+        if var in known:
+            env[var] = str(value)
+        else:
+            unknown.append(var)
+    return env, unknown
+
+
+def worker_env(servers: DevServers, topics: Topics, bundle: Path, *, inherit_settings: bool = False, **extra: str) -> dict[str, str]:
+    """The environment for one worker on ``servers``.
+
+    Worker settings and fault switches in the caller's own environment are
+    dropped unless ``inherit_settings`` (the demo passes settings on; tests and
+    benchmarks must not depend on the shell they run in). ``extra`` wins over
+    everything.
+    """
+    from worker.config import env_var_names
+
+    drop = set(SWITCHES) | (set() if inherit_settings else env_var_names())
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    for name, value in {"AIGIS_PROVIDERS": "CPUExecutionProvider", "AIGIS_LOG_LEVEL": "info", **FAST_GROUP}.items():
+        env.setdefault(name, value)  # harness defaults: an inherited setting keeps its value
     env.update(
         {
             "AIGIS_BOOTSTRAP_SERVERS": servers.bootstrap_servers,
             "AIGIS_REDIS_URL": servers.redis_url,
             "AIGIS_BUNDLE": str(bundle),
-            "AIGIS_PROVIDERS": "CPUExecutionProvider",
-            "AIGIS_LOG_LEVEL": "info",
-            **FAST_GROUP,
             **topics.env(),
         }
     )
@@ -98,87 +179,39 @@ def worker_env(servers: DevServers, topics: Topics, bundle: Path, **extra: str) 
     return env
 
 
-def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
-    """The real worker CLI; through the fault-injection wrapper when the env sets one of its switches."""
-    entry = "devkit.faults" if wants_faults(env) else "worker"
+def start_module(module: str, args: Sequence[str], log_path: Path, env: Mapping[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """``python -m module args`` from the repository root, output appended to ``log_path``, in its own session."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
     return subprocess.Popen(
-        [sys.executable, "-m", entry, *args],
-        env=env,
+        [sys.executable, "-m", module, *args],
+        env=dict(env) if env is not None else None,
+        cwd=ROOT,
         stdout=log_path.open("ab"),
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
 
 
+def start_worker(env: dict[str, str], log_path: Path, *args: str) -> subprocess.Popen[bytes]:
+    """The real worker CLI; through the fault-injection wrapper when the env sets one of its switches."""
+    return start_module("devkit.faults" if wants_faults(env) else "worker", args, log_path, env)
+
+
 def stop(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout: float = 30) -> int:
+    """Send ``sig`` (SIGTERM: the worker drains and leaves its group) and wait; SIGKILL its process group after ``timeout``.
+
+    Returns the exit code (negative for a signal, -9 when it had to be killed).
+    """
     if proc.poll() is None:
         proc.send_signal(sig)
-    return proc.wait(timeout)
-
-
-class OutputReader:
-    """Reads verdict and dead-letter topics from the beginning, without a group."""
-
-    def __init__(self, bootstrap: str, topics: Topics) -> None:
-        self.consumer = make_consumer(bootstrap, topics.verdicts, None, MAX_IMAGE_BYTES, client_id="test-reader")
-        self.consumer.unsubscribe()
-        parts = []
-        for topic in (topics.verdicts, topics.dead):
-            for p in self._partitions(topic):
-                parts.append(TopicPartition(topic, p))
-        self.consumer.assign(parts)
-        self.consumer.seek_to_beginning()
-        self.verdicts: list[dict] = []
-        self.dead: list[dict] = []
-        self.topics = topics
-
-    def _partitions(self, topic: str) -> set[int]:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            parts = self.consumer.partitions_for_topic(topic)
-            if parts:
-                return parts
-            time.sleep(0.1)
-        raise AssertionError(f"topic {topic} has no partitions")
-
-    def poll(self, timeout_ms: int = 500) -> None:
-        for tp, records in self.consumer.poll(timeout_ms).items():
-            for r in records:
-                doc = json.loads(r.value)
-                (self.verdicts if tp.topic == self.topics.verdicts else self.dead).append(doc)
-
-    def ids(self) -> set[str]:
-        return {d["upload_id"] for d in self.verdicts} | {d["upload_id"] for d in self.dead if d.get("upload_id")}
-
-    def wait_for_ids(self, expected: set[str], timeout_s: float, proc: subprocess.Popen[bytes] | None = None) -> set[str]:
-        """Poll until every expected id has an outcome; returns the ids still missing."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            self.poll()
-            missing = expected - self.ids()
-            if not missing:
-                return set()
-            if proc is not None and proc.poll() is not None:
-                self.poll(1000)
-                return expected - self.ids()
-        return expected - self.ids()
-
-    def close(self) -> None:
-        self.consumer.close()
-
-
-def committed_offsets(bootstrap: str, group: str, topic: str) -> dict[int, int]:
-    """The group's committed offset per partition (partitions never committed are left out)."""
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap.split(","), group_id=group, enable_auto_commit=False, client_id="test-offsets")
     try:
-        out = {}
-        for p in consumer.partitions_for_topic(topic) or ():
-            off = consumer.committed(TopicPartition(topic, p))
-            if off is not None:
-                out[p] = off
-        return out
-    finally:
-        consumer.close()
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return proc.wait(10)
 
 
 def raw_records(prefix: str, images: list[bytes]) -> list[tuple[bytes, bytes, list]]:

@@ -9,7 +9,10 @@ and shuts everything down.
 
 It lives in ``export`` because it is the one place allowed to use both sides:
 it builds a bundle (PyTorch) and runs the worker (as a separate process, the
-way it runs in production).
+way it runs in production). It is development tooling, so it drives the worker
+with the same harness as the integration tests and the benchmarks
+(:mod:`devkit.harness`); ``export``'s training and export modules never import
+``devkit``.
 """
 
 from __future__ import annotations
@@ -17,24 +20,20 @@ from __future__ import annotations
 import base64
 import io
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from kafka import TopicPartition
 from PIL import Image
 
+from devkit.harness import OutputReader, Topics, publish, start_worker, stop, worker_env
 from devkit.servers import dev_servers
 from export.photos import load_rgb, photo_paths
-from worker.runtime.clients import ensure_topics, make_consumer, make_producer
 
-MAX_IMAGE_BYTES = 10 * 1024 * 1024
-TOPICS = ("demo.uploads", "demo.verdicts", "demo.dead-letters")
+#: Fixed names, so a user can watch them with any Kafka client while the demo runs.
+TOPICS = Topics("demo.uploads", "demo.verdicts", "demo.dead-letters", "demo-workers")
 
 
 @dataclass
@@ -173,32 +172,7 @@ def held_out_synthetic(workdir: Path, per_class: int = 2) -> dict[str, tuple[str
     return out
 
 
-class Reader:
-    """Reads the verdict and dead-letter topics from the start (no consumer group)."""
-
-    def __init__(self, bootstrap: str) -> None:
-        self.consumer = make_consumer(bootstrap, TOPICS[1], None, MAX_IMAGE_BYTES, client_id="demo-reader")  # type: ignore[arg-type]
-        self.consumer.unsubscribe()
-        parts = [TopicPartition(t, p) for t in TOPICS[1:] for p in (self.consumer.partitions_for_topic(t) or {0})]
-        self.consumer.assign(parts)
-        self.consumer.seek_to_beginning()
-        self.outcomes: dict[str, dict] = {}
-        self.arrived: dict[str, float] = {}
-
-    def wait_for(self, ids: set[str], timeout_s: float, worker: subprocess.Popen[bytes]) -> set[str]:
-        deadline = time.monotonic() + timeout_s
-        while ids - set(self.outcomes) and time.monotonic() < deadline and worker.poll() is None:
-            for tp, records in self.consumer.poll(300).items():
-                for r in records:
-                    doc = json.loads(r.value)
-                    doc["_topic"] = tp.topic
-                    uid = doc.get("upload_id") or f"<unreadable {r.offset}>"
-                    self.outcomes[uid] = doc
-                    self.arrived[uid] = time.time()
-        return ids - set(self.outcomes)
-
-
-def print_table(uploads: list[DemoUpload], reader: Reader, sent_at: float) -> dict[str, int]:
+def print_table(uploads: list[DemoUpload], reader: OutputReader, sent_at: float) -> dict[str, int]:
     print(f"{'upload id':<34} {'what it is':<15} {'label':<14} {'score':>7} {'cached':<7} {'latency ms':>10}")
     print("-" * 92)
     counts: dict[str, int] = {}
@@ -207,13 +181,14 @@ def print_table(uploads: list[DemoUpload], reader: Reader, sent_at: float) -> di
         counts[key] = counts.get(key, 0) + 1
 
     for u in uploads:
-        doc = reader.outcomes.get(u.upload_id)
-        if doc is None:
+        out = reader.outputs.get(u.upload_id)  # outputs are keyed by upload id
+        if out is None:
             print(f"{u.upload_id:<34} {u.kind:<15} (no outcome)")
             bump("missing")
             continue
-        latency = (reader.arrived[u.upload_id] - sent_at) * 1000
-        if doc["_topic"] == TOPICS[2]:
+        doc = out.doc()
+        latency = (out.received_s - sent_at) * 1000
+        if out.topic == TOPICS.dead:
             print(f"{u.upload_id:<34} {u.kind:<15} {'DEAD: ' + doc['error_code']:<30} {latency:>10.0f}")
             bump("dead_letter")
             continue
@@ -228,15 +203,11 @@ def print_table(uploads: list[DemoUpload], reader: Reader, sent_at: float) -> di
     return counts
 
 
-def run_round(tag: str, bootstrap: str, reader: Reader, worker: subprocess.Popen[bytes], workdir: Path, count: int) -> dict[str, int]:
+def run_round(tag: str, bootstrap: str, reader: OutputReader, worker: subprocess.Popen[bytes], workdir: Path, count: int) -> dict[str, int]:
     uploads = build_uploads(tag, workdir, count)
-    producer = make_producer(bootstrap, MAX_IMAGE_BYTES, client_id="demo-producer")
     sent_at = time.time()
-    for u in uploads:
-        producer.send(TOPICS[0], key=u.key, value=u.value, headers=u.headers)
-    producer.flush()
-    producer.close()
-    missing = reader.wait_for({u.upload_id for u in uploads}, 180, worker)
+    publish(bootstrap, TOPICS.uploads, [(u.key, u.value, u.headers) for u in uploads])
+    missing = reader.wait_for_keys({u.upload_id for u in uploads}, 180, worker)
     elapsed = time.time() - sent_at
     counts = print_table(uploads, reader, sent_at)
     summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if k not in ("judged", "correct"))
@@ -256,39 +227,29 @@ def run_demo(workdir: Path = Path(".aigis/demo"), count: int = 0) -> int:
     manifest = json.loads((bundle / "manifest.json").read_text())
     with dev_servers(workdir / "servers") as servers:
         print(f"[demo] broker {servers.bootstrap_servers}, redis {servers.redis_url}")
-        ensure_topics(servers.bootstrap_servers, list(TOPICS), 3, MAX_IMAGE_BYTES)
-        env = dict(os.environ)
-        env.update(
-            {
-                "AIGIS_BUNDLE": str(bundle),
-                "AIGIS_BOOTSTRAP_SERVERS": servers.bootstrap_servers,
-                "AIGIS_REDIS_URL": servers.redis_url,
-                "AIGIS_INPUT_TOPIC": TOPICS[0],
-                "AIGIS_VERDICT_TOPIC": TOPICS[1],
-                "AIGIS_DEAD_LETTER_TOPIC": TOPICS[2],
-                "AIGIS_GROUP_ID": "demo-workers",
-                "AIGIS_SESSION_TIMEOUT_MS": "3000",
-                "AIGIS_HEARTBEAT_INTERVAL_MS": "1000",
-                "AIGIS_PROVIDERS": "CUDAExecutionProvider,CPUExecutionProvider",
-            }
+        TOPICS.create(servers.bootstrap_servers, 3)
+        # The user's own AIGIS_* settings pass through (e.g. AIGIS_MAX_BATCH=8 make demo); the demo's topics, servers and bundle win.
+        env = worker_env(
+            servers,
+            TOPICS,
+            bundle,
+            inherit_settings=True,
+            AIGIS_SESSION_TIMEOUT_MS="3000",
+            AIGIS_HEARTBEAT_INTERVAL_MS="1000",
+            AIGIS_PROVIDERS="CUDAExecutionProvider,CPUExecutionProvider",
         )
         log_path = workdir / "worker.log"
+        log_path.unlink(missing_ok=True)
         print(f"[demo] starting one worker (logs: {log_path})")
-        worker = subprocess.Popen([sys.executable, "-m", "worker"], env=env, stdout=log_path.open("wb"), stderr=subprocess.STDOUT)
-        reader = Reader(servers.bootstrap_servers)
+        worker = start_worker(env, log_path)
         try:
-            print("\n[demo] round 1: real photographs, held-out synthetic real/fake images, images we made, corrupt files")
-            run_round("r1", servers.bootstrap_servers, reader, worker, workdir, count)
-            print("\n[demo] round 2: the same images again under new upload ids (served from the Redis cache)")
-            counts = run_round("r2", servers.bootstrap_servers, reader, worker, workdir, count)
+            with OutputReader(servers.bootstrap_servers, TOPICS) as reader:
+                print("\n[demo] round 1: real photographs, held-out synthetic real/fake images, images we made, corrupt files")
+                run_round("r1", servers.bootstrap_servers, reader, worker, workdir, count)
+                print("\n[demo] round 2: the same images again under new upload ids (served from the Redis cache)")
+                counts = run_round("r2", servers.bootstrap_servers, reader, worker, workdir, count)
         finally:
-            if worker.poll() is None:
-                worker.send_signal(signal.SIGTERM)
-                try:
-                    worker.wait(30)
-                except subprocess.TimeoutExpired:
-                    worker.kill()
-            reader.consumer.close()
+            stop(worker)
     print()
     if not manifest["calibration"]["calibrated"]:
         print("[demo] NOTE: this demo bundle's head is untrained and uncalibrated: the labels and scores above show the")
