@@ -8,6 +8,7 @@ is checked by reading the Dockerfile, not by building it.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import re
 import shlex
@@ -291,9 +292,13 @@ def test_dockerfile_is_a_cuda_runtime_non_root_worker_image_with_a_healthcheck()
     assert words.count("FROM") == 1
     # no torch, no export extra: the worker only
     assert not re.search(r"\btorch\b|open_clip|\[export|\.\[", text), "the image must install the base dependencies only"
-    assert re.search(r"pip install \.(\s|$|&)", text)
-    copied = [r.split()[0] for w, r in ins if w == "COPY"]
-    assert "export" not in copied
+    # from the hash-pinned worker lock, then the project itself without dependencies
+    runs = [r for w, r in ins if w == "RUN" and "pip install" in r]
+    assert any("--require-hashes -r requirements/build.txt -r requirements/worker.txt" in r for r in runs), runs
+    assert any(re.search(r"pip install --no-deps --no-build-isolation \.(\s|$|&)", r) for r in runs), runs
+    assert all("--require-hashes" in r or "--no-deps" in r for r in runs), "every pip install in the image is locked or dependency-free"
+    copied = {src.rstrip("/").removeprefix("./") for w, r in ins if w == "COPY" for src in shlex.split(r)[:-1]}
+    assert not {src.split("/")[0] for src in copied} & DEVELOPMENT, copied
     # non-root: the last USER is neither root nor uid 0
     users = [r for w, r in ins if w == "USER"]
     assert users and users[-1].split(":")[0] not in ("root", "0")
@@ -306,6 +311,54 @@ def test_dockerfile_is_a_cuda_runtime_non_root_worker_image_with_a_healthcheck()
     assert any(w == "EXPOSE" and r.split("/")[0] == env["AIGIS_METRICS_PORT"] for w, r in ins)
     (entry,) = [r for w, r in ins if w == "ENTRYPOINT"]
     assert json.loads(entry) == ["aigis-worker"]
+
+
+#: Development code: never in the build context, never in the image.
+DEVELOPMENT = {"devkit", "tests", "bench", "export"}
+
+
+def _dockerignore_rules() -> list[tuple[bool, str]]:
+    """(negated, pattern) in file order."""
+    rules = []
+    for raw in (DEPLOY / "Dockerfile.dockerignore").read_text().splitlines():
+        line = raw.strip()
+        if line and not line.startswith("#"):
+            rules.append((line.startswith("!"), line.lstrip("!").rstrip("/")))
+    return rules
+
+
+def _sent_to_docker(path: str) -> bool:
+    """Whether the build context includes ``path`` (docker's rule: the last matching pattern wins; a pattern matching a directory covers its files)."""
+    parts = path.split("/")
+    prefixes = ["/".join(parts[: i + 1]) for i in range(len(parts))]
+    included = True
+    for negated, pattern in _dockerignore_rules():
+        pat = pattern.removeprefix("**/")
+        anywhere = pattern.startswith("**/")
+        if any(fnmatch.fnmatchcase(p, pattern) or (anywhere and fnmatch.fnmatchcase(p.rsplit("/", 1)[-1], pat)) for p in prefixes):
+            included = negated
+    return included
+
+
+def test_dockerignore_keeps_development_code_out_of_the_build_context() -> None:
+    root = DEPLOY.parent
+    for pkg in DEVELOPMENT:
+        files = [p for p in (root / pkg).rglob("*.py")]
+        assert files, f"{pkg}/ has no Python files: this test is not looking at the checkout"
+        sent = [str(p.relative_to(root)) for p in files if _sent_to_docker(str(p.relative_to(root)))]
+        assert not sent, f"the image's build context would carry development code: {sent[:5]}"
+    for private in (".venv/bin/python", ".aigis/demo/bundle/manifest.json", "requirements/dev.txt", "requirements/export.txt", ".git/config"):
+        assert not _sent_to_docker(private), private
+    for needed in ("worker/app.py", "worker/runtime/clients.py", "schemas/__init__.py", "pyproject.toml", "requirements/worker.txt", "requirements/build.txt"):
+        assert _sent_to_docker(needed), needed
+    assert not _sent_to_docker("worker/__pycache__/app.cpython-311.pyc")
+
+
+def test_the_dockerignore_matcher_sees_an_allowed_path() -> None:
+    """Guard against a matcher that excludes everything: a rule that re-includes a development package is seen."""
+    rules = _dockerignore_rules()
+    assert (False, "*") in rules and (True, "worker") in rules
+    assert _sent_to_docker("worker/cli.py") and not _sent_to_docker("devkit/harness.py")
 
 
 def test_dockerignore_sends_only_what_the_image_copies() -> None:
