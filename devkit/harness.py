@@ -123,7 +123,7 @@ def publish(bootstrap: str, topic: str, items: Iterable[Item], linger_ms: int = 
     tests take end offsets from the produce acknowledgements instead.)
     """
     producer = open_producer(bootstrap, linger_ms)
-    futures = [producer.send(topic, key=it[0], value=it[1], headers=it[2] if len(it) > 2 else None) for it in items]  # type: ignore[misc]
+    futures = [producer.send(topic, key=it[0], value=it[1], headers=it[2] if len(it) > 2 else None) for it in items]
     producer.flush()
     ends: dict[int, int] = {}
     for f in futures:

@@ -145,12 +145,12 @@ def problems(root: Path = ROOT) -> list[str]:
         if unhashed:
             found.append(f"{LOCK_DIR}/{lock.filename} pins without hashes: {', '.join(unhashed)}")
     dev = pinned.get("dev", {})
-    for name, have in pinned.items():
-        if name == "dev":
+    for set_name, have in pinned.items():
+        if set_name == "dev":
             continue
         for pkg, version in have.items():
             if pkg in dev and dev[pkg] != version:
-                found.append(f"{LOCK_DIR}/{name}.txt pins {pkg}=={version} but dev.txt pins {dev[pkg]}: run `make lock`")
+                found.append(f"{LOCK_DIR}/{set_name}.txt pins {pkg}=={version} but dev.txt pins {dev[pkg]}: run `make lock`")
     return found
 
 
