@@ -66,7 +66,7 @@ def test_an_export_extra_change_stales_the_export_and_dev_locks_but_not_the_work
 
 
 def test_comments_and_order_in_pyproject_change_nothing(project: Path) -> None:
-    _edit(project / "pyproject.toml", '    "pillow>=10.3",\n    "numpy>=1.26",\n', '    "numpy>=1.26",  # moved\n    # a comment\n    "pillow>=10.3",\n')
+    _edit(project / "pyproject.toml", '    "redis>=5.0",\n    "structlog>=24.1",\n', '    "structlog>=24.1",  # moved\n    # a comment\n    "redis>=5.0",\n')
     assert problems(project) == []
 
 
