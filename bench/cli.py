@@ -36,6 +36,7 @@ def _registry() -> dict[str, Callable[[Options], BenchResult]]:
     from bench.backbone import run_backbone, run_roofline, run_scaling
     from bench.decode import run_decode
     from bench.streaming import run_baseline, run_cache, run_latency, run_streaming
+    from bench.uri import run_uri
 
     return {
         "roofline": run_roofline,
@@ -45,11 +46,12 @@ def _registry() -> dict[str, Callable[[Options], BenchResult]]:
         "baseline": run_baseline,
         "cache": run_cache,
         "latency": run_latency,
+        "uri": run_uri,
         "scaling": run_scaling,
     }
 
 
-NAMES = ["roofline", "backbone", "decode", "streaming", "baseline", "cache", "latency", "scaling"]
+NAMES = ["roofline", "backbone", "decode", "streaming", "baseline", "cache", "latency", "uri", "scaling"]
 
 
 def _ints(text: str) -> list[int]:

@@ -24,7 +24,7 @@ from bench.results import load_results
 ROOT = Path(__file__).resolve().parents[1]
 PLOT = "backbone_throughput.png"
 FULL_COMMAND = "python -m bench --all --out bench/results && python -m bench.report --out bench/results --readme"
-ORDER = ["roofline", "backbone", "decode", "streaming", "baseline", "cache", "latency", "scaling"]
+ORDER = ["roofline", "backbone", "decode", "streaming", "baseline", "cache", "latency", "uri", "scaling"]
 
 
 def f(x: Any, digits: int = 3) -> str:
@@ -218,6 +218,15 @@ def _latency(d: dict[str, Any]) -> str:
     return head + "\n\n" + table(["bundle", "--max-wait-ms", "load", "offered/s", "achieved/s", "p50 ms", "p90 ms", "p99 ms", "n"], rows)
 
 
+def _uri(d: dict[str, Any]) -> str:
+    rows = [
+        (r["arch"], r["mode"], r["images"], f(r["images_per_s"]), f(r.get("ratio_to_inline")), r["store_requests"], r.get("store_peak_in_flight") or "–")
+        for r in d["rows"]
+    ]
+    head = f"The store answers every GET after {f(d['config']['fetch_delay_ms'])} ms; the worker runs at its defaults.\n\n"
+    return head + table(["bundle", "events", "images", "images/s", "of inline", "GETs", "most GETs in flight"], rows)
+
+
 def _scaling(d: dict[str, Any]) -> str:
     rows = [
         (
@@ -245,6 +254,7 @@ RENDER = {
     "baseline": _baseline,
     "cache": _cache,
     "latency": _latency,
+    "uri": _uri,
     "scaling": _scaling,
 }
 

@@ -41,8 +41,22 @@ from bench.options import Options
 from bench.profiling import Profiler, available_py_spy, summarize_profile
 from bench.results import BenchResult
 from bench.stats import latency_stats, steady_rate, summarize
-from devkit.harness import ROOT, OutputReader, Topics, create_topics, open_producer, publish, settings_env, start_module, start_worker, stop, worker_env
-from devkit.servers import DevServers, dev_servers
+from devkit.harness import (
+    ROOT,
+    OutputReader,
+    Topics,
+    create_topics,
+    http_get,
+    open_producer,
+    publish,
+    series,
+    settings_env,
+    start_module,
+    start_worker,
+    stop,
+    worker_env,
+)
+from devkit.servers import DevServers, dev_servers, free_port
 from worker.config import WorkerConfig, env_var_names
 
 PROFILES = CACHE / "profiles"
@@ -461,14 +475,68 @@ def _offered_load(bootstrap: str, topic: str, pool: list[bytes], tag: str, rate:
     return sent
 
 
+#: Per-batch stages whose mean time the latency breakdown reports (from the worker's aigis_stage_seconds).
+BREAKDOWN_STAGES = ("batch_wait", "prepare", "decode", "inference", "deliver", "commit")
+
+
+def _stage_totals(port: int) -> dict[str, tuple[float, float]]:
+    """stage -> (seconds, batches) so far, and "batch" -> (records, batches), from the worker's /metrics."""
+    status, body = http_get(port, "/metrics", timeout=5.0)
+    out: dict[str, list[float]] = {}
+    if status != 200:
+        return {}
+    for name, labels, value in series(body):
+        if name.startswith("aigis_stage_seconds_") and name[-4:] in ("_sum", "ount"):
+            out.setdefault(labels.get("stage", "?"), [0.0, 0.0])[0 if name.endswith("_sum") else 1] = value
+        elif name in ("aigis_batch_size_sum", "aigis_batch_size_count"):
+            out.setdefault("batch", [0.0, 0.0])[0 if name.endswith("_sum") else 1] = value
+    return {k: (v[0], v[1]) for k, v in out.items()}
+
+
+def _breakdown(reader: OutputReader, sent: dict[str, float], before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Where produce -> verdict time went, per upload (medians) and per batch (means over the point)."""
+    queue, inside, handoff = [], [], []
+    for k, t_sent in sent.items():
+        out = reader.outputs[k]
+        try:
+            t = json.loads(out.value)["timings"]
+        except (ValueError, KeyError, TypeError):
+            continue
+        queue.append(t["queue_ms"])
+        inside.append(t["total_ms"])
+        handoff.append(out.timestamp_ms - t_sent * 1000 - t["queue_ms"] - t["total_ms"])
+    row: dict[str, float] = {}
+    if queue:
+        row.update(to_pickup_p50_ms=statistics.median(queue), in_pipeline_p50_ms=statistics.median(inside), to_produce_p50_ms=statistics.median(handoff))
+    for stage in (*BREAKDOWN_STAGES, "batch"):
+        s1, n1 = after.get(stage, (0.0, 0.0))
+        s0, n0 = before.get(stage, (0.0, 0.0))
+        if n1 > n0:
+            row[f"{stage}_mean_{'records' if stage == 'batch' else 'ms'}"] = (s1 - s0) / (n1 - n0) * (1 if stage == "batch" else 1000)
+    return row
+
+
 def _latency_point(
-    boot: str, reader: OutputReader, worker: subprocess.Popen[bytes], log: Path, uploads: str, pool: list[bytes], tag: str, rate: float, seconds: float
+    boot: str,
+    reader: OutputReader,
+    worker: subprocess.Popen[bytes],
+    log: Path,
+    uploads: str,
+    pool: list[bytes],
+    tag: str,
+    rate: float,
+    seconds: float,
+    metrics_port: int | None = None,
 ) -> tuple[dict[str, float], dict[str, Any]]:
-    """Offer ``rate`` uploads/s for ``seconds``; latency stats and the verdict rate achieved."""
+    """Offer ``rate`` uploads/s for ``seconds``; latency stats (with the breakdown when the worker serves /metrics) and the rate achieved."""
+    before = _stage_totals(metrics_port) if metrics_port else {}
     sent = _offered_load(boot, uploads, pool, tag, rate, seconds)
     reader.require(set(sent), seconds * 8 + 120, worker, log)
     lat = [reader.outputs[k].timestamp_ms - sent[k] * 1000 for k in sent]
-    return latency_stats(lat), steady_rate([reader.outputs[k].timestamp_ms for k in sent])
+    stats = latency_stats(lat)
+    if metrics_port:
+        stats.update(_breakdown(reader, sent, before, _stage_totals(metrics_port)))
+    return stats, steady_rate([reader.outputs[k].timestamp_ms for k in sent])
 
 
 def broker_floor(boot: str, fetch_max_wait_ms: int, rate: float, seconds: float, pool: list[bytes]) -> dict[str, float]:
@@ -508,6 +576,20 @@ def broker_floor(boot: str, fetch_max_wait_ms: int, rate: float, seconds: float,
     consumer.close()
     sender.join()
     return latency_stats([(got[k] - sent[k]) * 1000 for k in sent if k in got])
+
+
+def _breakdown_text(row: dict[str, Any]) -> str:
+    """One line: per-upload medians (to pick-up, in the pipeline, pick-up to produce) and per-batch stage means."""
+    if "to_pickup_p50_ms" not in row:
+        return "(no /metrics)"
+    parts = [
+        f"upload p50: to pick-up {row['to_pickup_p50_ms']:.1f} ms, in pipeline {row['in_pipeline_p50_ms']:.1f} ms, "
+        f"waiting to be produced {row['to_produce_p50_ms']:.1f} ms"
+    ]
+    stages = [f"{s} {row[f'{s}_mean_ms']:.1f}" for s in BREAKDOWN_STAGES if f"{s}_mean_ms" in row]
+    if stages:
+        parts.append("per batch (ms): " + ", ".join(stages) + (f"; {row['batch_mean_records']:.1f} records/batch" if "batch_mean_records" in row else ""))
+    return "; ".join(parts)
 
 
 def run_latency(opts: Options) -> BenchResult:
@@ -550,8 +632,9 @@ def run_latency(opts: Options) -> BenchResult:
             for wait in opts.latency_waits_ms:
                 t = Topics.fresh(boot, 2)
                 log = Path(tmp) / f"lat-{arch}-{wait}.log"
-                worker = start_worker(_env(r, opts, servers, t, bundle, max_wait_ms=wait), log)
-                reader = OutputReader(boot, t, keep_values=False)
+                port = free_port()
+                worker = start_worker(_env(r, opts, servers, t, bundle, max_wait_ms=wait, metrics_port=port), log)
+                reader = OutputReader(boot, t)
                 try:
                     warm = [f"warm-{i}" for i in range(4)]
                     publish(boot, t.uploads, [(k.encode(), with_comment(pool[i], k)) for i, k in enumerate(warm)])
@@ -568,12 +651,15 @@ def run_latency(opts: Options) -> BenchResult:
                     for load in opts.latency_loads:
                         rate = load * capacity
                         print(f"  {arch}: max-wait {wait} ms, offered {rate:.1f}/s ({load:.0%}) for {opts.latency_seconds:.0f} s ...", flush=True)
-                        stats, got = _latency_point(boot, reader, worker, log, t.uploads, pool, f"w{wait}-l{int(load * 100)}", rate, opts.latency_seconds)
+                        stats, got = _latency_point(
+                            boot, reader, worker, log, t.uploads, pool, f"w{wait}-l{int(load * 100)}", rate, opts.latency_seconds, metrics_port=port
+                        )
                         r.add(arch=arch, max_wait_ms=wait, load=load, offered_per_s=rate, achieved_per_s=got["full_rate"], **stats)
                         print(
                             f"    p50 {stats['p50_ms']:.1f} ms  p99 {stats['p99_ms']:.1f} ms  (n={int(stats['n'])}, achieved {got['full_rate']:.1f}/s)",
                             flush=True,
                         )
+                        print("    breakdown: " + _breakdown_text(stats), flush=True)
                 finally:
                     stop(worker, timeout=STOP_S)
                     reader.close()

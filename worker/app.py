@@ -87,7 +87,13 @@ class WorkerApp:
     def _rollout(self) -> Rollout:
         cfg = self.cfg
         assert cfg.bundle is not None
-        rollout = Rollout(cfg.bundle, cfg.shadow_bundle, bundle_loader(cfg.provider_list, cfg.intra_op_threads), cfg.bundle_watch_interval_s, self.metrics)
+        rollout = Rollout(
+            cfg.bundle,
+            cfg.shadow_bundle,
+            bundle_loader(cfg.provider_list, cfg.intra_op_threads, cfg.intra_op_spinning),
+            cfg.bundle_watch_interval_s,
+            self.metrics,
+        )
         m = rollout.current()
         b = m.primary
         log.info(

@@ -62,6 +62,12 @@ class WorkerConfig(BaseModel):
         "model",
     )
     intra_op_threads: int = _f(0, "ONNX Runtime intra-op threads (0 = ORT default: one per physical core).", "model", ge=0)
+    intra_op_spinning: bool = _f(
+        True,
+        "Let ONNX Runtime's idle intra-op threads spin-wait for the next run (ORT's default). Back-to-back batches start sooner; "
+        "on a CPU node with few cores the spinning takes the cores decoding needs.",
+        "model",
+    )
     shadow_bundle: Path | None = _f(
         None, "A second bundle scored on every freshly inferred image; its score rides along as `shadow`, never changing the label.", "model"
     )

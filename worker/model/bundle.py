@@ -68,7 +68,14 @@ def verify_files(bundle_dir: Path, manifest: BundleManifest) -> None:
 class LoadedBundle:
     """A verified bundle with live ONNX Runtime sessions."""
 
-    def __init__(self, path: Path, providers: Sequence[str] = ("CPUExecutionProvider",), intra_op_threads: int = 0, io_binding: bool | None = None) -> None:
+    def __init__(
+        self,
+        path: Path,
+        providers: Sequence[str] = ("CPUExecutionProvider",),
+        intra_op_threads: int = 0,
+        io_binding: bool | None = None,
+        spinning: bool = True,
+    ) -> None:
         self.path = Path(path)
         self.manifest, self.sha256 = read_manifest(self.path)
         verify_files(self.path, self.manifest)
@@ -79,9 +86,9 @@ class LoadedBundle:
         # tiny and ViT-B bundles); it only ever helps CPU fp32 convolutions, so fp16
         # bundles load without it and a CPU fallback stays a slow path, not a crash.
         disabled = FP16_DISABLED_OPTIMIZERS if bb.precision == "fp16" else ()
-        self.backbone = OnnxModel(self.path / bb.file, providers, intra_op_threads, io_binding, disabled)
+        self.backbone = OnnxModel(self.path / bb.file, providers, intra_op_threads, io_binding, disabled, spinning)
         self.heads: list[tuple[Head, OnnxModel]] = [
-            (h, OnnxModel(self.path / h.file, providers, intra_op_threads, io_binding, disabled)) for h in self.manifest.heads
+            (h, OnnxModel(self.path / h.file, providers, intra_op_threads, io_binding, disabled, spinning)) for h in self.manifest.heads
         ]
         # The embedding stays on the device between backbone and heads only when every session binds IO on one device.
         self.io_binding = self.backbone.io_binding and all(m.io_binding and m.device == self.backbone.device for _, m in self.heads)

@@ -82,9 +82,9 @@ def manifest_sha(bundle_dir: Path) -> str | None:
         return None
 
 
-def bundle_loader(providers: Sequence[str], intra_op_threads: int = 0) -> Callable[[Path], LoadedBundle]:
-    """How the rollout loads a bundle: the configured providers and thread count."""
-    return lambda path: LoadedBundle(path, providers, intra_op_threads)
+def bundle_loader(providers: Sequence[str], intra_op_threads: int = 0, spinning: bool = True) -> Callable[[Path], LoadedBundle]:
+    """How the rollout loads a bundle: the configured providers, thread count and spinning."""
+    return lambda path: LoadedBundle(path, providers, intra_op_threads, spinning=spinning)
 
 
 class Rollout:

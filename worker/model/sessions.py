@@ -49,11 +49,14 @@ class OnnxModel:
         intra_op_threads: int = 0,
         io_binding: bool | None = None,
         disabled_optimizers: Sequence[str] = (),
+        spinning: bool = True,
     ) -> None:
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
+        if not spinning:  # idle intra-op threads sleep instead of spin-waiting for the next run (see WorkerConfig.intra_op_spinning)
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         opts.log_severity_level = 3
         self.path = path
         wanted = resolve_providers(providers)

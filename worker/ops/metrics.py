@@ -170,7 +170,7 @@ class WorkerMetrics:
         self.stage_seconds = Histogram(
             r,
             "aigis_stage_seconds",
-            "Wall time per batch and stage (prepare, decode, cache_read, inference, shadow, cache_write, deliver, commit).",
+            "Wall time per batch and stage (batch_wait, prepare, fetch, decode, cache_read, inference, shadow, cache_write, deliver, commit).",
             ["stage"],
         )
         self.cache_lookups = Counter(r, "aigis_cache_lookups_total", "Cache lookups by result (hit, near_duplicate, miss, unavailable).", ["result"])

@@ -24,6 +24,8 @@ class MicroBatcher(Generic[T]):
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.stopping = stopping
+        #: Seconds the last batch waited for company after its first record (the latency batching costs).
+        self.last_wait_s = 0.0
 
     def next_batch(self, idle_poll_s: float = 0.1) -> list[T]:
         """The next batch, or [] when stopping was requested while waiting for the first record."""
@@ -36,7 +38,8 @@ class MicroBatcher(Generic[T]):
             except queue.Empty:
                 continue
         batch = [first]
-        deadline = time.monotonic() + self.max_wait_s
+        started = time.monotonic()
+        deadline = started + self.max_wait_s
         while len(batch) < self.max_batch:
             # Take what is already queued without waiting.
             try:
@@ -52,4 +55,5 @@ class MicroBatcher(Generic[T]):
                 batch.append(self.inbox.get(timeout=remaining))
             except queue.Empty:
                 break
+        self.last_wait_s = time.monotonic() - started
         return batch

@@ -91,6 +91,7 @@ class Stages:
                 if not live:
                     continue
                 self.metrics.batch_size.observe(len(live))
+                self.metrics.stage_seconds.observe(self.batcher.last_wait_s, "batch_wait")
                 self.liveness.busy("prepare")
                 batch = self.processor.prepare([w.record for w in live])
                 self.liveness.idle("prepare")
