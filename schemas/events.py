@@ -16,6 +16,8 @@ from typing import Annotated, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from schemas.attribution import Attribution
+
 #: Versions of the event schemas this code reads and writes. A reader refuses a
 #: higher version (``unsupported_schema_version``) rather than guessing.
 UPLOAD_SCHEMA_VERSION: Final = 1
@@ -168,6 +170,9 @@ class VerdictEvent(_Event):
     cache: CacheStatus
     timings: Timings
     shadow: ShadowScore | None = None
+    attribution: Attribution | None = Field(
+        None, description="Which generator family the image resembles (or 'unknown'), from the bundle's attribution head; never changes the label."
+    )
     produced_at: datetime = Field(default_factory=utcnow)
 
     @property

@@ -14,7 +14,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from schemas.drift import DriftReport
 from schemas.events import DeadLetter, UploadEvent, VerdictEvent
+from schemas.feedback import ModeratorDecision
 from schemas.manifest import BundleManifest
 
 SCHEMA_DIR = Path(__file__).resolve().parent
@@ -24,6 +26,8 @@ MODELS: dict[str, type[BaseModel]] = {
     "verdict_event.schema.json": VerdictEvent,
     "dead_letter.schema.json": DeadLetter,
     "bundle_manifest.schema.json": BundleManifest,
+    "drift_report.schema.json": DriftReport,
+    "moderator_decision.schema.json": ModeratorDecision,
 }
 
 

@@ -13,6 +13,8 @@ from typing import Any, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from schemas.monitoring import AttributionHead, DriftReference
+
 MANIFEST_SCHEMA_VERSION: Final = 1
 
 
@@ -136,10 +138,16 @@ class BundleManifest(_Model):
     files: dict[str, str] = Field(description="File name (relative to the bundle directory) -> sha256 hex digest, for every file the bundle needs.")
     notes: list[str] = Field(default_factory=list)
     fidelity: Fidelity | None = Field(None, description="Set on variants (int8/fp16/fused) made from an fp32 bundle: how far they drift from it.")
+    drift: DriftReference | None = Field(None, description="Validation distributions the worker's label-free drift statistics compare the stream with.")
+    attribution: AttributionHead | None = Field(None, description="Generator-attribution head (which family an image resembles); never fused into the score.")
 
     @model_validator(mode="after")
     def _files_cover_graphs(self) -> BundleManifest:
         needed = {self.backbone.file, *(h.file for h in self.heads)}
+        if self.drift is not None and self.drift.novelty is not None:
+            needed.add(self.drift.novelty.file)
+        if self.attribution is not None:
+            needed.add(self.attribution.file)
         missing = needed - set(self.files)
         if missing:
             raise ValueError(f"files map lacks a sha256 for {sorted(missing)}")
