@@ -26,6 +26,7 @@ _GROUPS = {
     "input": "Input limits and fetching",
     "runtime": "Batching and runtime",
     "ops": "Operations",
+    "drift": "Drift monitoring",
 }
 
 
@@ -145,6 +146,20 @@ class WorkerConfig(BaseModel):
     liveness_timeout_s: float = _f(60.0, "/healthz fails when the poll loop or a pipeline stage made no progress for this long.", "ops", gt=0)
     log_level: str = _f("info", "Log level: debug, info, warning, error.", "ops", pattern="^(debug|info|warning|error)$")
     log_format: str = _f("json", "json (one object per line) or console (for humans).", "ops", pattern="^(json|console)$")
+    # Drift (label-free statistics over a sliding window of fresh verdicts; see README, Drift)
+    drift_monitor: bool = _f(True, "Keep drift statistics for bundles whose manifest has a drift reference (gauges, reports, warnings).", "drift")
+    drift_topic: str = _f("aigis.drift", "Topic DriftReport events go to when a statistic crosses its threshold (key = bundle sha256).", "drift")
+    drift_window_images: int = _f(1000, "Sliding window: the most recent fresh (non-cached) verdicts the statistics are computed over.", "drift", ge=50)
+    drift_window_s: float = _f(3600.0, "Sliding window: verdicts older than this many seconds leave the window.", "drift", gt=0)
+    drift_min_images: int = _f(300, "No statistic is judged before the window holds this many verdicts.", "drift", ge=20)
+    drift_eval_every: int = _f(50, "Judge the statistics every this many fresh verdicts.", "drift", ge=1)
+    drift_alpha: float = _f(
+        1e-4, "False-alarm probability per statistic and judgement on a stable stream; sets every threshold with the window size.", "drift", gt=0, lt=0.5
+    )
+    drift_psi_min: float = _f(0.1, "Smallest score-distribution shift (PSI) that can alarm, however large the window.", "drift", ge=0)
+    drift_rate_min_excess: float = _f(
+        0.02, "Smallest excess of the uncertain-band or novelty rate over its expected value that can alarm (absolute share).", "drift", ge=0, lt=1
+    )
 
     @field_validator("providers")
     @classmethod

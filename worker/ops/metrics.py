@@ -104,6 +104,13 @@ class Gauge(_Labelled):
         found = self._samples(self.name, labels)
         return found[0] if found else None
 
+    def remove(self, *labels: str) -> None:
+        """Drop one label set (e.g. the drift series of a bundle no longer served); absent is fine."""
+        try:
+            self._metric.remove(*labels)
+        except KeyError:
+            pass
+
 
 class ReplacedGauge(Collector):
     """A gauge whose whole label set is swapped at once (lag of the partitions assigned now, the loaded bundles).
@@ -199,6 +206,19 @@ class WorkerMetrics:
         self.bundle_reloads = Counter(r, "aigis_bundle_reloads_total", "Hot-swap attempts by result.", ["result"])
         self.decode_abandoned = Gauge(r, "aigis_decode_threads_abandoned", "Decode threads still busy on an item that hit the decode time limit.")
         self.loop_age = Gauge(r, "aigis_loop_progress_age_seconds", "Seconds since the poll loop last made progress.")
+        # Drift statistics (worker/ops/drift.py), per served bundle; statistic: score_shift | uncertain_rate | novelty_rate.
+        drift = ["role", "name", "version", "statistic", "signal"]
+        self.drift_value = Gauge(r, "aigis_drift_value", "Drift statistic over the window: PSI for score_shift, a share of images for the rates.", drift)
+        self.drift_threshold = Gauge(r, "aigis_drift_threshold", "Value above which the drift statistic is in alarm, for the window's size now.", drift)
+        self.drift_expected = Gauge(r, "aigis_drift_expected", "What the bundle's validation reference predicts for a rate, at the window's fake share.", drift)
+        self.drift_alarm = Gauge(r, "aigis_drift_alarm", "1 while the drift statistic is in alarm, else 0.", drift)
+        self.drift_window = Gauge(r, "aigis_drift_window_images", "Fresh verdicts in the drift window.", ["role", "name", "version"])
+        self.drift_fake_share = Gauge(
+            r, "aigis_drift_fake_share", "Share of AI-generated images in the drift window, estimated from the score distribution.", ["role", "name", "version"]
+        )
+        self.drift_reports = Counter(
+            r, "aigis_drift_reports_total", "DriftReport events raised, by statistic and status (alarm, recovered).", [*drift[:4], "status"]
+        )
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
