@@ -93,12 +93,20 @@ def tenant_namespace(tenant: str | None) -> str:
 
 def dumps(score: Score) -> bytes:
     """A cache entry: the score, compact JSON (the bundle and content hashes are in the key)."""
-    return json.dumps({"s": score.probability, "h": dict(score.heads), "a": dict(score.anomaly)}, separators=(",", ":")).encode()
+    entry = {"s": score.probability, "h": dict(score.heads), "a": dict(score.anomaly)}
+    if score.attribution:  # only bundles with an attribution head; entries of others stay byte-identical
+        entry["t"] = dict(score.attribution)
+    return json.dumps(entry, separators=(",", ":")).encode()
 
 
 def loads(raw: bytes | str) -> Score:
     d = json.loads(raw)
-    return Score(float(d["s"]), {k: float(v) for k, v in d.get("h", {}).items()}, {k: float(v) for k, v in d.get("a", {}).items()})
+    return Score(
+        float(d["s"]),
+        {k: float(v) for k, v in d.get("h", {}).items()},
+        {k: float(v) for k, v in d.get("a", {}).items()},
+        {k: float(v) for k, v in d.get("t", {}).items()},
+    )
 
 
 @dataclass(frozen=True)

@@ -90,8 +90,18 @@ class LoadedBundle:
         self.heads: list[tuple[Head, OnnxModel]] = [
             (h, OnnxModel(self.path / h.file, providers, intra_op_threads, io_binding, disabled, spinning)) for h in self.manifest.heads
         ]
+        # Graphs beside the detector heads, never fused into the score: the drift monitor's novelty distance
+        # (rides in the anomaly map, so it is cached with the score) and the attribution head (P(family)).
+        novelty = self.manifest.drift.novelty if self.manifest.drift is not None else None
+        self.novelty: tuple[str, str, OnnxModel] | None = None
+        if novelty is not None:
+            self.novelty = (novelty.input_name, novelty.output_name, OnnxModel(self.path / novelty.file, providers, intra_op_threads, io_binding, disabled))
+        self.novelty_key = novelty.anomaly_key if novelty else None
+        att = self.manifest.attribution
+        self.attribution = OnnxModel(self.path / att.file, providers, intra_op_threads, io_binding, disabled) if att is not None else None
+        extra = [m for m in (self.novelty[2] if self.novelty else None, self.attribution) if m is not None]
         # The embedding stays on the device between backbone and heads only when every session binds IO on one device.
-        self.io_binding = self.backbone.io_binding and all(m.io_binding and m.device == self.backbone.device for _, m in self.heads)
+        self.io_binding = self.backbone.io_binding and all(m.io_binding and m.device == self.backbone.device for m in [*(m for _, m in self.heads), *extra])
         self.native_crop_size = self.manifest.native_crop_size
 
     @property
@@ -125,7 +135,21 @@ class LoadedBundle:
         else:
             fused = fuse_log_odds(list(head_probs.values()), [h.weight for h, _ in self.heads])
         fused = np.clip(np.nan_to_num(fused, nan=0.5), 0.0, 1.0)
-        return ScoreBatch(fused, head_probs, anomaly)
+        if self.novelty is not None and self.novelty_key is not None:
+            inp, outp, model = self.novelty
+            out = model.run_bound({inp: embeddings}, [outp]) if self.io_binding else model.run({inp: embeddings}, [outp])  # type: ignore[dict-item]
+            anomaly[self.novelty_key] = np.asarray(out[outp], dtype=np.float64).reshape(-1)
+        return ScoreBatch(fused, head_probs, anomaly, self.score_attribution(embeddings))
+
+    def score_attribution(self, embeddings: np.ndarray | ort.OrtValue) -> dict[str, np.ndarray]:
+        """P(family) per class of the attribution head, each (N,); empty when the bundle has none."""
+        att = self.manifest.attribution
+        if self.attribution is None or att is None:
+            return {}
+        feeds = {att.input_name: embeddings}
+        out = self.attribution.run_bound(feeds, [att.output_name]) if self.io_binding else self.attribution.run(feeds, [att.output_name])  # type: ignore[arg-type]
+        probs = np.asarray(out[att.output_name], dtype=np.float64).reshape(-1, len(att.classes))
+        return {name: probs[:, j] for j, name in enumerate(att.classes)}
 
     def score(self, pixels: np.ndarray, native: np.ndarray | None = None) -> ScoreBatch:
         """Backbone then heads for a batch of preprocessed images (N, 3, S, S)."""

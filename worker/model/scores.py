@@ -18,11 +18,16 @@ _EPS = 1e-7
 
 @dataclass(frozen=True)
 class Score:
-    """Fused P(AI-generated), each head's probability, and the raw anomaly signals some heads expose."""
+    """Fused P(AI-generated), each head's probability, and the raw anomaly signals some heads expose.
+
+    ``attribution`` holds P(family) per class of the bundle's attribution head
+    (empty without one); it never enters the fused probability.
+    """
 
     probability: float
     heads: Mapping[str, float] = field(default_factory=dict)
     anomaly: Mapping[str, float] = field(default_factory=dict)
+    attribution: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,7 @@ class ScoreBatch:
     probability: np.ndarray
     head_scores: Mapping[str, np.ndarray] = field(default_factory=dict)
     anomaly: Mapping[str, np.ndarray] = field(default_factory=dict)
+    attribution: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return len(self.probability)
@@ -41,6 +47,7 @@ class ScoreBatch:
             float(self.probability[i]),
             {k: float(v[i]) for k, v in self.head_scores.items()},
             {k: float(v[i]) for k, v in self.anomaly.items()},
+            {k: float(v[i]) for k, v in self.attribution.items()},
         )
 
 
