@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -69,8 +70,15 @@ def write_bundle(
     version: str = "0.1.0",
     metrics: dict[str, Any] | None = None,
     notes: list[str] | None = None,
+    finalize: Callable[[Path, BundleManifest], BundleManifest] | None = None,
 ) -> BundleManifest:
-    """Export everything into ``out`` and return the manifest (raises on failed parity)."""
+    """Export everything into ``out`` and return the manifest (raises on failed parity).
+
+    ``finalize(out, manifest)``, when given, runs after the graphs are exported
+    and before the manifest is written; it may export more files into ``out``
+    and returns the manifest to write (e.g. :func:`export.monitoring.finalize_hook`:
+    the drift reference and the attribution head).
+    """
     out.mkdir(parents=True, exist_ok=True)
     (out / MANIFEST).unlink(missing_ok=True)
 
@@ -132,6 +140,8 @@ def write_bundle(
         files=files,
         notes=notes or [],
     )
+    if finalize is not None:
+        manifest = finalize(out, manifest)
     tmp = out / f".{MANIFEST}.{os.getpid()}.tmp"
     tmp.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
     os.replace(tmp, out / MANIFEST)

@@ -42,6 +42,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             version=args.version,
             save_heads=args.save_heads,
             load_heads=args.head,
+            monitoring=_monitoring_options(args),
         )
         cal = manifest.calibration
         v = cal.validation
@@ -68,6 +69,18 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     print(f"wrote bundle {args.out} ({manifest.backbone.architecture}, heads: {', '.join(h.name for h in manifest.heads)})")
     print(f"parity: backbone {manifest.parity.backbone_max_abs_diff:.2e}, heads {manifest.parity.head_max_abs_diff}" if manifest.parity else "")
     return 0
+
+
+def _monitoring_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from export.monitoring import MonitoringOptions
+
+    return MonitoringOptions(
+        drift_reference=not args.no_drift_reference,
+        attribution=not args.no_attribution,
+        attribution_coverage=args.attribution_coverage,
+        seed=args.seed,
+        progress=True,
+    )
 
 
 def _fmt(x: float | None) -> str:
@@ -159,6 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--name", default="aigis", help="Bundle name recorded in verdicts.")
     b.add_argument("--version", default="0.1.0", help="Bundle version recorded in verdicts.")
     b.add_argument("--seed", type=int, default=0, help="Seed for random weights and training.")
+    b.add_argument(
+        "--no-drift-reference",
+        action="store_true",
+        help="Do not store the drift reference (validation score distributions, embedding novelty graph) the worker's drift statistics need.",
+    )
+    b.add_argument("--no-attribution", action="store_true", help="Do not train the generator-attribution head (trained when the data has >= 2 families).")
+    b.add_argument(
+        "--attribution-coverage",
+        type=float,
+        default=0.95,
+        help="Share of validation images the attribution head must keep attributed; the rest of the probability range is 'unknown' (default 0.95).",
+    )
     b.set_defaults(func=cmd_bundle)
 
     from export import benchmark, embed, evaluate, synth

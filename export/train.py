@@ -38,6 +38,7 @@ from export import heads as head_registry
 from export.calibrate import calibrate, stratified_split
 from export.heads.base import EmbeddingSet, HeadMethod
 from export.metrics import average_precision, roc_auc
+from export.monitoring import MonitoringOptions, finalize_hook
 from schemas import BundleManifest
 
 #: Named sets of hyper-parameter overrides. "paper" is the papers' own values.
@@ -164,6 +165,7 @@ def train_bundle(
     progress: bool = True,
     save_heads: Path | None = None,
     load_heads: list[Path] | None = None,
+    monitoring: MonitoringOptions | None = None,
 ) -> BundleManifest:
     from export.bundle import HeadSpec, write_bundle
     from export.clip import DEFAULT_ARCH, load_encoder
@@ -302,6 +304,8 @@ def train_bundle(
         version=version,
         metrics=metrics,
         notes=notes,
+        # drift reference + attribution head (export/monitoring.py), unless both are switched off
+        finalize=finalize_hook(train, val, monitoring or MonitoringOptions(seed=seed, progress=progress)),
     )
     return manifest
 
