@@ -378,8 +378,16 @@ def evaluate(
     results = [evaluate_bundle(b, items, conditions, lab, max_batch, threads, progress) for b, lab in zip(bundles, labels, strict=True)]
     out.mkdir(parents=True, exist_ok=True)
     md = markdown(results, dataset, conditions)
-    (out / "report.md").write_text(md)
-    (out / "report.json").write_text(json.dumps(to_json(results, dataset, conditions), indent=2) + "\n")
+    # generator attribution, for bundles with an attribution head (export/attribution_eval.py); not part of the returned
+    # markdown, which is the README's detectors section
+    from export.attribution_eval import attribution_report
+
+    att_md, att_json = attribution_report(bundles, labels, items, out, make_plots, max_batch, threads)
+    (out / "report.md").write_text(md + ("\n" + att_md if att_md else ""))
+    doc = to_json(results, dataset, conditions)
+    if att_json:
+        doc["attribution"] = att_json
+    (out / "report.json").write_text(json.dumps(doc, indent=2) + "\n")
     if make_plots:
         plots(results, items, out, "original" if "original" in conditions else conditions[0])
     return results, md

@@ -249,7 +249,7 @@ def test_a_bundle_without_a_drift_reference_gets_no_monitor() -> None:
     manifest = BundleManifest.model_validate(doc)
     assert DriftMonitor.for_bundle(manifest, REF) is None
     doc["drift"] = reference().model_dump()
-    with pytest.raises(ValueError, match="monitor.onnx"):
+    with pytest.raises(ValueError, match=r"monitor\.onnx"):
         BundleManifest.model_validate(doc)  # the novelty graph must be pinned in files
     doc["files"]["monitor.onnx"] = "0" * 64
     assert DriftMonitor.for_bundle(BundleManifest.model_validate(doc), REF) is not None
