@@ -6,6 +6,8 @@ python -m export bundle OUT ...        train heads (--data) or a placeholder, ex
 python -m export eval BUNDLE... DATA   score a dataset through the worker's runtime: per-generator metrics, robustness, plots
 python -m export benchmark OUT         synth -> embed -> one bundle per method -> eval -> README table
 python -m export demo                  the end-to-end demo behind `make demo`
+python -m export drift-benchmark OUT   false alarms and detection delay of the worker's drift statistics, README tables
+python -m export feedback collect|compare   moderator decisions -> dataset; primary vs shadow against the decisions
 """
 
 from __future__ import annotations
@@ -223,6 +225,10 @@ def build_parser() -> argparse.ArgumentParser:
     from export.variants import add_parser as add_variant_parser  # `python -m export variant`: int8/fp16/fused bundles (performance issue)
 
     add_variant_parser(sub)
+
+    from export.drift_benchmark import add_parser as add_drift_benchmark_parser  # drift statistics: false alarms, detection delay
+
+    add_drift_benchmark_parser(sub)
     return parser
 
 
