@@ -97,7 +97,7 @@ def _dockerfile_env() -> dict[str, str]:
 
 def test_every_file_in_deploy_is_a_kind_this_test_checks() -> None:
     """A new file type in deploy/ must come with checks here, not slip past them."""
-    known = {".yaml", ".yml", ".md", ".py", ".dockerignore", ""}
+    known = {".yaml", ".yml", ".md", ".py", ".dockerignore", ".json", ""}  # .json: Grafana dashboards (tests/contracts/test_monitoring.py)
     files = [p for p in DEPLOY.rglob("*") if p.is_file() and "__pycache__" not in p.parts]
     assert {p.name for p in files} >= {"Dockerfile", "compose.yaml", "README.md"}
     strays = [p for p in files if p.suffix not in known or (p.suffix == "" and p.name != "Dockerfile")]
