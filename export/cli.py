@@ -229,6 +229,10 @@ def build_parser() -> argparse.ArgumentParser:
     from export.drift_benchmark import add_parser as add_drift_benchmark_parser  # drift statistics: false alarms, detection delay
 
     add_drift_benchmark_parser(sub)
+
+    from export.feedback import add_parser as add_feedback_parser  # moderator decisions -> dataset; primary vs shadow
+
+    add_feedback_parser(sub)
     return parser
 
 
