@@ -136,9 +136,10 @@ class LoadedBundle:
             fused = fuse_log_odds(list(head_probs.values()), [h.weight for h, _ in self.heads])
         fused = np.clip(np.nan_to_num(fused, nan=0.5), 0.0, 1.0)
         if self.novelty is not None and self.novelty_key is not None:
-            inp, outp, model = self.novelty
-            out = model.run_bound({inp: embeddings}, [outp]) if self.io_binding else model.run({inp: embeddings}, [outp])  # type: ignore[dict-item]
-            anomaly[self.novelty_key] = np.asarray(out[outp], dtype=np.float64).reshape(-1)
+            feed_name, out_name, session = self.novelty
+            feeds = {feed_name: embeddings}
+            out = session.run_bound(feeds, [out_name]) if self.io_binding else session.run(feeds, [out_name])
+            anomaly[self.novelty_key] = np.asarray(out[out_name], dtype=np.float64).reshape(-1)
         return ScoreBatch(fused, head_probs, anomaly, self.score_attribution(embeddings))
 
     def score_attribution(self, embeddings: np.ndarray | ort.OrtValue) -> dict[str, np.ndarray]:
@@ -147,7 +148,7 @@ class LoadedBundle:
         if self.attribution is None or att is None:
             return {}
         feeds = {att.input_name: embeddings}
-        out = self.attribution.run_bound(feeds, [att.output_name]) if self.io_binding else self.attribution.run(feeds, [att.output_name])  # type: ignore[arg-type]
+        out = self.attribution.run_bound(feeds, [att.output_name]) if self.io_binding else self.attribution.run(feeds, [att.output_name])
         probs = np.asarray(out[att.output_name], dtype=np.float64).reshape(-1, len(att.classes))
         return {name: probs[:, j] for j, name in enumerate(att.classes)}
 

@@ -68,6 +68,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from statistics import NormalDist
+from typing import Literal
 
 import numpy as np
 import structlog
@@ -78,6 +79,8 @@ from worker.ops.metrics import WorkerMetrics
 
 log = structlog.get_logger(__name__)
 
+#: Which of the worker's bundles a monitor watches.
+Role = Literal["primary", "shadow"]
 #: Signal name of the novelty rate (it is about the embedding, not a score).
 EMBEDDING_SIGNAL = "embedding"
 #: Pseudo-count per bin added to the window's and the reference's histograms (no log of zero).
@@ -285,7 +288,7 @@ class DriftMonitor:
         calibration_band: tuple[float, float],
         settings: DriftSettings | None = None,
         metrics: WorkerMetrics | None = None,
-        role: str = "primary",
+        role: Role = "primary",
         worker: str | None = None,
     ) -> None:
         self.reference = reference
@@ -300,7 +303,13 @@ class DriftMonitor:
         for s in reference.signals:
             d = s.distribution
             self._signals.append(
-                _Signal(s, np.asarray(d.edges), smoothed(d.real, d.n_real), smoothed(d.fake, d.n_fake), np.zeros(len(d.edges) + 1, dtype=np.int64))
+                _Signal(
+                    s,
+                    np.asarray(d.edges),
+                    smoothed(np.asarray(d.real), d.n_real),
+                    smoothed(np.asarray(d.fake), d.n_fake),
+                    np.zeros(len(d.edges) + 1, dtype=np.int64),
+                )
             )
         # the fused score fits the fake share; fall back to the first signal
         self._prevalence = next((s for s in self._signals if s.ref.source == "score"), self._signals[0])
@@ -322,7 +331,7 @@ class DriftMonitor:
         bundle: BundleRef,
         settings: DriftSettings | None = None,
         metrics: WorkerMetrics | None = None,
-        role: str = "primary",
+        role: Role = "primary",
         worker: str | None = None,
     ) -> DriftMonitor | None:
         """A monitor for a bundle, or None when its manifest has no drift reference (bundles made before drift monitoring)."""
@@ -472,7 +481,7 @@ class DriftMonitor:
             self.metrics.drift_reports.inc(1, self.role, self.bundle.name, self.bundle.version, r.statistic.value, status.value)
         return DriftReport(
             bundle=self.bundle,
-            role=self.role,  # type: ignore[arg-type]
+            role=self.role,
             status=status,
             statistic=r.statistic,
             signal=r.signal,
