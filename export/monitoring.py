@@ -16,7 +16,7 @@ last file written and a bundle is never served half-finished.
    output rides in the verdict's anomaly map (``monitor.novelty``) and is
    therefore cached with the score, so a cache hit neither recomputes nor
    recounts it. The graph is one (D x D) matrix product and a min over K
-   means: ~0.6 MFLOP per image for ViT-L/14, against 162 GFLOP for the
+   means: ~1.2 MFLOP per image for ViT-L/14, against 162 GFLOP for the
    backbone.
 2. **Attribution head** (``attribution.onnx``): :mod:`export.heads.attribution`,
    with its ``unknown`` threshold calibrated on validation.
