@@ -99,9 +99,11 @@ class NoveltyModel(_Model):
     shrinkage: float = Field(ge=0, le=1, description="Ledoit-Wolf shrinkage intensity towards the scaled identity.")
     fit_images: int = Field(ge=1, description="Training images the means and covariance were estimated on.")
     quantile: float = Field(0.99, gt=0, lt=1)
-    threshold: float = Field(description="The quantile of the distance over the validation images: farther is 'novel'.")
-    exceed_real: float = Field(ge=0, le=1, description="Share of validation real images beyond the threshold.")
-    exceed_fake: float = Field(ge=0, le=1, description="Share of validation fake images beyond the threshold.")
+    threshold: float = Field(
+        description="The quantile of the distance over held-out images (out-of-fold over training + validation, see n_real/n_fake): farther is 'novel'."
+    )
+    exceed_real: float = Field(ge=0, le=1, description="Share of held-out real images beyond the threshold.")
+    exceed_fake: float = Field(ge=0, le=1, description="Share of held-out fake images beyond the threshold.")
     n_real: int = Field(ge=1)
     n_fake: int = Field(ge=1)
 
