@@ -44,7 +44,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.heads.attribution import REAL_CLASS, Attribution, class_names, targets
+from export.heads.attribution import REAL_CLASS, AttributionClassifier, class_names, targets
 from export.heads.base import EmbeddingSet
 from export.onnx_io import export_module, parity
 from schemas import BundleManifest
@@ -261,9 +261,9 @@ def add_monitoring(out: Path, manifest: BundleManifest, train: EmbeddingSet, val
     doc = manifest.model_dump()
     parity_notes: dict[str, float] = {}
 
-    attribution: Attribution | None = None
+    attribution: AttributionClassifier | None = None
     if options.attribution and len(families) >= 2:
-        attribution = Attribution(seed=options.seed, coverage=options.attribution_coverage)
+        attribution = AttributionClassifier(seed=options.seed, coverage=options.attribution_coverage)
         if options.progress:
             print(f"[bundle] fitting the attribution head over {len(classes)} classes ({', '.join(classes)})")
         report = attribution.fit(train, val, progress=options.progress)

@@ -91,7 +91,7 @@ def confusion(true: np.ndarray, pred: np.ndarray, n_true: int, n_pred: int) -> n
     return m
 
 
-class Attribution:
+class AttributionClassifier:
     """Fit, calibrate and export the attribution head."""
 
     name = "attribution"
@@ -206,4 +206,4 @@ class Attribution:
         return {"method": self.name, "paper": self.paper, "hyperparameters": self.config.model_dump()}
 
 
-__all__ = ["REAL_CLASS", "Attribution", "AttributionConfig", "class_names", "confusion", "targets", "unknown_threshold"]
+__all__ = ["REAL_CLASS", "AttributionClassifier", "AttributionConfig", "class_names", "confusion", "targets", "unknown_threshold"]
