@@ -340,6 +340,15 @@ class DriftMonitor:
         cal = manifest.calibration
         return cls(manifest.drift, bundle, (cal.uncertain_low, cal.uncertain_high), settings, metrics, role, worker)
 
+    @classmethod
+    def from_config(
+        cls, cfg: object, manifest: BundleManifest, bundle: BundleRef, metrics: WorkerMetrics | None = None, role: Role = "primary", worker: str | None = None
+    ) -> DriftMonitor | None:
+        """What the runtime calls per served bundle: None when ``--no-drift-monitor`` or the bundle has no drift reference."""
+        if not getattr(cfg, "drift_monitor", True):
+            return None
+        return cls.for_bundle(manifest, bundle, DriftSettings.from_config(cfg), metrics, role, worker)
+
     # -- input ------------------------------------------------------------------------------------------------
     def observe(self, verdicts: Iterable[VerdictEvent], now: float | None = None) -> list[DriftReport]:
         """Count this batch's freshly scored verdicts of this bundle (cache hits and other bundles' verdicts are skipped)."""
