@@ -7,7 +7,7 @@ every decided image into ``OUT/<generator>/0_real|1_fake/<sha256>.<ext>``
 (UniversalFakeDetect layout, generator folder ``feedback`` by default), so
 ``bundle --data`` can train on it beside any other dataset. Images come inline
 from the decision or are fetched by URI with the worker's own
-:func:`worker.ingest.fetch.fetch` under the allow-list given on the command
+:func:`worker.ingest.fetch.fetch` (http(s), file://, s3://) under the allow-lists given on the command
 line; the bytes must hash to the decision's ``content_sha256`` and decode with
 the worker's decoder, or the image is left out with the reason counted.
 
@@ -432,6 +432,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-ar
     c.add_argument("--fetch-allowed-hosts", default="", help="Hosts http(s) image URIs may point at, comma-separated (host or host:port; empty refuses all).")
     c.add_argument("--fetch-file-root", type=Path, default=None, help="Directory file:// image URIs must lie under (unset refuses file://).")
     c.add_argument("--fetch-timeout-s", type=float, default=5.0, help="Deadline per fetched image (default 5 s).")
+    c.add_argument("--fetch-s3-buckets", default="", help="Buckets s3:// image URIs may name, comma-separated (empty refuses s3://).")
+    c.add_argument("--fetch-s3-endpoint", default=None, help="S3 endpoint URL (MinIO, a local S3 server); default AWS.")
+    c.add_argument("--fetch-s3-region", default=None, help="S3 region (default: from AWS_REGION / AWS_DEFAULT_REGION).")
     c.set_defaults(func=run_collect)
     k = inner.add_parser(
         "compare",
@@ -455,7 +458,16 @@ def run_collect(args: argparse.Namespace) -> int:
 
     decisions, verdicts, read = _read(args)
     hosts = frozenset(h.strip().lower() for h in args.fetch_allowed_hosts.split(",") if h.strip())
-    policy = FetchPolicy(hosts, args.fetch_file_root, args.fetch_timeout_s, args.max_image_bytes)
+    buckets = frozenset(b.strip().lower() for b in args.fetch_s3_buckets.split(",") if b.strip())
+    policy = FetchPolicy(
+        hosts,
+        args.fetch_file_root,
+        args.fetch_timeout_s,
+        args.max_image_bytes,
+        s3_buckets=buckets,
+        s3_endpoint=args.fetch_s3_endpoint,
+        s3_region=args.fetch_s3_region,
+    )
     stats, agree, _ = collect(args.out, decisions, verdicts, policy, args.generator)
     skipped = ", ".join(f"{k} {v}" for k, v in sorted(stats.skipped.items())) or "none"
     print(
