@@ -1,7 +1,8 @@
 """Evaluation of a bundle's generator-attribution head: confusion matrix, per-family accuracy, open-set rate.
 
 Images are decoded and preprocessed by the worker's own
-:meth:`~worker.pipeline.batch.BatchProcessor.decode` and scored by
+:func:`~worker.pipeline.images.prepare_image` (with the limits of
+:meth:`~worker.pipeline.batch.BatchProcessor.offline`) and scored by
 :meth:`~worker.model.bundle.LoadedBundle.score` (ONNX Runtime), i.e. what the
 worker computes for a verdict's ``attribution``; ``unknown`` is decided by
 :meth:`schemas.Attribution.from_probabilities`, the rule verdicts use.
@@ -68,7 +69,7 @@ class AttributionResult:
             "unseen": self.unseen,
             "unscored": self.unscored,
             "confusion": {"rows": self.rows, "columns": [*self.classes, UNKNOWN], "counts": self.counts.tolist()},
-            "scored_by": "worker BatchProcessor.decode + LoadedBundle.score (ONNX Runtime); unknown by schemas.Attribution.from_probabilities",
+            "scored_by": "worker prepare_image + LoadedBundle.score (ONNX Runtime); unknown by schemas.Attribution.from_probabilities",
         }
 
 
@@ -81,6 +82,7 @@ def attribution_probabilities(bundle_path: Path, items: Sequence[Item], max_batc
     from worker.errors import InputError
     from worker.model.bundle import LoadedBundle
     from worker.pipeline.batch import BatchProcessor
+    from worker.pipeline.images import prepare_image
 
     bundle = LoadedBundle(bundle_path)
     att = bundle.manifest.attribution
@@ -93,7 +95,7 @@ def attribution_probabilities(bundle_path: Path, items: Sequence[Item], max_batc
 
         def prep(item: Item):  # type: ignore[no-untyped-def]
             try:
-                return proc.decode(models, item.path.read_bytes())
+                return prepare_image(item.path.read_bytes(), models, proc.settings.decode_limits, False)
             except InputError:
                 return None
 
