@@ -63,6 +63,23 @@ _PLACEHOLDER = BinnedDistribution(edges=[0.5], real=[1, 0], fake=[0, 1], n_real=
 # -- Ledoit-Wolf shrunk, class-pooled covariance and the novelty graph -----------------------------------------
 
 
+#: Rows per chunk when accumulating covariances and distances (bounded memory on ViT-L sets of 10^5..10^6 images).
+CHUNK = 65536
+
+
+def _shrunk(emp: np.ndarray, sum_norm4: float, n: int) -> tuple[np.ndarray, float]:
+    """Ledoit-Wolf from sufficient statistics: the empirical covariance and sum_n ||x_n||^4 of the centred rows.
+
+    beta uses sum_ij (X^2^T X^2)_ij = sum_n (sum_i x_ni^2)^2, so no second d x d product is needed.
+    """
+    d = emp.shape[0]
+    mu = float(np.trace(emp)) / d
+    delta = float(np.sum((emp - mu * np.eye(d)) ** 2)) / d
+    beta = (sum_norm4 / n - float(np.sum(emp**2))) / (d * n)
+    shrinkage = 0.0 if delta <= 0 else min(max(beta, 0.0), delta) / delta
+    return (1.0 - shrinkage) * emp + shrinkage * mu * np.eye(d), shrinkage
+
+
 def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
     """Ledoit & Wolf (2004) shrinkage of the covariance of already-centred rows towards mu * I.
 
@@ -71,14 +88,7 @@ def ledoit_wolf(centred: np.ndarray) -> tuple[np.ndarray, float]:
     so the export side needs no scikit-learn).
     """
     x = np.asarray(centred, dtype=np.float64)
-    n, d = x.shape
-    emp = x.T @ x / n
-    mu = float(np.trace(emp)) / d
-    delta = float(np.sum((emp - mu * np.eye(d)) ** 2)) / d
-    x2 = x**2
-    beta = float(np.sum(x2.T @ x2 / n - emp**2)) / (d * n)
-    shrinkage = 0.0 if delta <= 0 else min(beta, delta) / delta
-    return (1.0 - shrinkage) * emp + shrinkage * mu * np.eye(d), shrinkage
+    return _shrunk(x.T @ x / len(x), float(np.sum(np.sum(x**2, axis=1) ** 2)), len(x))
 
 
 @dataclass
@@ -92,25 +102,45 @@ class NoveltyFit:
     fit_images: int
 
     def distances(self, embeddings: np.ndarray) -> np.ndarray:
-        """min_k ||(x - mu_k) w||: the numpy reference of what the graph computes."""
-        z = np.asarray(embeddings, dtype=np.float64) @ self.whitening
+        """min_k ||(x - mu_k) w||: the numpy reference of what the graph computes (in chunks)."""
         m = self.means @ self.whitening
-        d2 = (z**2).sum(1, keepdims=True) - 2 * z @ m.T + (m**2).sum(1)[None, :]
-        return np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+        m2 = (m**2).sum(1)[None, :]
+        out = []
+        for lo in range(0, len(embeddings), CHUNK):
+            z = np.asarray(embeddings[lo : lo + CHUNK], dtype=np.float64) @ self.whitening
+            d2 = (z**2).sum(1, keepdims=True) - 2 * z @ m.T + m2
+            out.append(np.sqrt(np.maximum(d2.min(axis=1), 0.0)))
+        return np.concatenate(out) if out else np.zeros(0)
 
 
 def fit_novelty(train: EmbeddingSet, classes: list[str] | None = None) -> NoveltyFit:
-    """Per-class means and the Ledoit-Wolf shrunk pooled within-class covariance of the training embeddings."""
+    """Per-class means and the Ledoit-Wolf shrunk pooled within-class covariance of the training embeddings.
+
+    Accumulated in chunks (float64), so memory is a few d x d matrices whatever the number of images.
+    """
     classes = classes or class_names(train)
     y = targets(train, classes)
-    x = np.asarray(train.embeddings, dtype=np.float64)
     present = [i for i in range(len(classes)) if (y == i).any()]
-    means = np.stack([x[y == i].mean(axis=0) for i in present])
-    centred = np.concatenate([x[y == i] - means[j] for j, i in enumerate(present)])
-    cov, shrinkage = ledoit_wolf(centred)
+    d = train.dim
+    means = np.zeros((len(present), d))
+    for j, i in enumerate(present):
+        rows = np.nonzero(y == i)[0]
+        for lo in range(0, len(rows), CHUNK):
+            means[j] += np.asarray(train.embeddings[rows[lo : lo + CHUNK]], dtype=np.float64).sum(axis=0)
+        means[j] /= len(rows)
+    scatter = np.zeros((d, d))
+    norm4, n = 0.0, 0
+    for j, i in enumerate(present):
+        rows = np.nonzero(y == i)[0]
+        for lo in range(0, len(rows), CHUNK):
+            c = np.asarray(train.embeddings[rows[lo : lo + CHUNK]], dtype=np.float64) - means[j]
+            scatter += c.T @ c
+            norm4 += float(np.sum(np.sum(c**2, axis=1) ** 2))
+            n += len(c)
+    cov, shrinkage = _shrunk(scatter / n, norm4, n)
     precision = np.linalg.inv(cov)
     whitening = np.linalg.cholesky((precision + precision.T) / 2)  # precision = w w^T, so ||(x - mu) w||^2 = Mahalanobis^2
-    return NoveltyFit([classes[i] for i in present], means, whitening, shrinkage, len(centred))
+    return NoveltyFit([classes[i] for i in present], means, whitening, shrinkage, n)
 
 
 def out_of_fold_distances(train: EmbeddingSet, val: EmbeddingSet, classes: list[str], folds: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

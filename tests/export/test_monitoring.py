@@ -87,6 +87,27 @@ def test_ledoit_wolf_shrinks_more_with_fewer_images_and_keeps_the_covariance_inv
     s_many = ledoit_wolf(rng.standard_normal((5000, 64)) * np.linspace(1, 3, 64))[1]
     assert 0 < s_many < s_few <= 1
     assert np.linalg.eigvalsh(few).min() > 0  # 30 images in 64-d: the sample covariance alone is singular
+    # the estimator as Ledoit & Wolf (and scikit-learn) write it, with the second d x d product
+    x = rng.standard_normal((50, 20)) * np.linspace(1, 3, 20)
+    x -= x.mean(axis=0)
+    emp = x.T @ x / 50
+    mu = np.trace(emp) / 20
+    delta = np.sum((emp - mu * np.eye(20)) ** 2) / 20
+    beta = np.sum((x**2).T @ (x**2) / 50 - emp**2) / (20 * 50)
+    cov, shrink = ledoit_wolf(x)
+    assert shrink == pytest.approx(min(beta, delta) / delta)
+    np.testing.assert_allclose(cov, (1 - shrink) * emp + shrink * mu * np.eye(20))
+
+
+def test_novelty_fit_in_chunks_is_the_fit_in_one_go(bench: dict[str, Path], monkeypatch: pytest.MonkeyPatch) -> None:
+    import export.monitoring as mon
+
+    train, val = _val_split(bench["emb"])
+    whole = fit_novelty(train)
+    monkeypatch.setattr(mon, "CHUNK", 7)
+    chunked = fit_novelty(train)
+    np.testing.assert_allclose(chunked.whitening, whole.whitening, rtol=1e-8)
+    np.testing.assert_allclose(chunked.distances(val.embeddings), whole.distances(val.embeddings), rtol=1e-8)
 
 
 def test_novelty_graph_computes_the_mahalanobis_distance_and_sees_unfamiliar_embeddings(bench: dict[str, Path]) -> None:
