@@ -53,3 +53,21 @@ def durable_servers(tmp_path: Path) -> Iterator[DevServers]:
     """Own servers whose broker keeps its log and committed offsets across a restart (S3 storage on moto)."""
     with durable_private_servers(tmp_path / "servers") as s:
         yield s
+
+
+@pytest.fixture(scope="session")
+def monitored_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A trained linear-probe bundle on a small synthetic dataset, with its drift reference and attribution head.
+
+    What a real ``python -m export bundle --data`` writes (tiny random-weight backbone, profile small-data),
+    for tests that need the monitoring parts of a bundle in a running worker.
+    """
+    from export.embed import EmbedOptions, embed_dataset
+    from export.synth import SynthConfig, make_dataset
+    from export.train import train_bundle
+
+    root = tmp_path_factory.mktemp("monitored")
+    make_dataset(root / "data", SynthConfig(seed=3, image_size=224, train_per_class=24, test_per_class=8))
+    embed_dataset(root / "data" / "train", root / "emb", EmbedOptions(arch="aigis-tiny"))
+    train_bundle(root / "bundle", methods=["linear-probe"], data=root / "emb", arch="aigis-tiny", pretrained=None, profile="small-data", progress=False)
+    return root / "bundle"

@@ -19,3 +19,23 @@ def unique_jpegs(n: int, seed: int = 0, size: tuple[int, int] = (64, 48)) -> lis
         img.save(buf, "JPEG", quality=90)
         out.append(buf.getvalue())
     return out
+
+
+def pattern_images(n: int, seed: int = 0, side: int = 224) -> list[bytes]:
+    """n distinct PNGs of hard-edged stripes and checkerboards in random colours.
+
+    Nothing like a photograph: their embeddings land far from any training set of photos (and of the synthetic
+    generators' images), which is what a drift test needs from a "new kind of upload".
+    """
+    rng = np.random.default_rng(seed)
+    yy, xx = np.indices((side, side))
+    out = []
+    for i in range(n):
+        period = int(rng.integers(1, 12))
+        mask = ((xx // period) % 2) if i % 2 == 0 else (((xx + yy) // period) % 2)
+        a, b = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+        pixels = np.where(mask[..., None] == 1, a, b).astype(np.uint8)
+        buf = io.BytesIO()
+        Image.fromarray(pixels).save(buf, "PNG")
+        out.append(buf.getvalue())
+    return out

@@ -35,6 +35,7 @@ from worker.pipeline.batch import BatchProcessor
 from worker.pipeline.items import PipelineSettings
 from worker.runtime.clients import ConsumerSettings, ensure_topics, make_producer
 from worker.runtime.delivery import Deliverer
+from worker.runtime.drift_reports import DriftReports
 from worker.runtime.lifecycle import Lifecycle
 from worker.runtime.loop import PollLoop
 from worker.runtime.offsets import OffsetTracker
@@ -69,12 +70,15 @@ class WorkerApp:
             fetcher = stack.enter_context(fetcher_from_config(cfg))
             processor = BatchProcessor(PipelineSettings.from_config(cfg), rollout, cache, pool, self.metrics, fetcher)
             deliverer = self._deliverer()
-            stages = self._stages(processor, deliverer)
+            drift = DriftReports(cfg, rollout, self.metrics)
+            stack.callback(drift.close)
+            stages = self._stages(processor, deliverer, drift)
             loop = self._poll_loop(pool, stages)
             if cfg.metrics_port:
                 stack.enter_context(self._health(pool, loop))
             if cfg.create_topics:
-                ensure_topics(cfg.bootstrap_servers, [cfg.input_topic, cfg.verdict_topic, cfg.dead_letter_topic], cfg.topic_partitions, cfg.max_image_bytes)
+                topics = [cfg.input_topic, cfg.verdict_topic, cfg.dead_letter_topic, cfg.drift_topic]
+                ensure_topics(cfg.bootstrap_servers, topics, cfg.topic_partitions, cfg.max_image_bytes)
             for component in (loop, deliverer, stages):  # consumer, producer, then the threads that use them
                 stack.enter_context(component)
             self._install_signals(rollout)
@@ -150,6 +154,7 @@ class WorkerApp:
             connect=lambda: make_producer(cfg.bootstrap_servers, cfg.max_image_bytes, cfg.client_id),
             verdict_topic=cfg.verdict_topic,
             dead_letter_topic=cfg.dead_letter_topic,
+            drift_topic=cfg.drift_topic,
             tracker=self.tracker,
             emit_lock=self.emit_lock,
             lifecycle=self.lifecycle,
@@ -157,11 +162,12 @@ class WorkerApp:
             metrics=self.metrics,
         )
 
-    def _stages(self, processor: BatchProcessor, deliverer: Deliverer) -> Stages:
+    def _stages(self, processor: BatchProcessor, deliverer: Deliverer, drift: DriftReports) -> Stages:
         return Stages(
             inbox=self.inbox,
             processor=processor,
             deliverer=deliverer,
+            drift=drift,
             tracker=self.tracker,
             lifecycle=self.lifecycle,
             liveness=self.liveness,

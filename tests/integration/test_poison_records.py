@@ -77,6 +77,7 @@ def _deliverer(bootstrap: str, topics: Topics, tracker: OffsetTracker, metrics: 
         connect=lambda: KafkaProducer(bootstrap_servers=bootstrap.split(","), acks="all", max_request_size=max_request_size),
         verdict_topic=topics.verdicts,
         dead_letter_topic=topics.dead,
+        drift_topic=f"drift-{topics.group}",
         tracker=tracker,
         emit_lock=threading.Lock(),
         lifecycle=Lifecycle(5),

@@ -35,7 +35,7 @@ import structlog
 from kafka import KafkaProducer, TopicPartition
 from kafka.errors import CorruptRecordError, InvalidRecordError, KafkaError, KafkaTimeoutError, MessageSizeTooLargeError, RecordListTooLargeError
 
-from schemas import ErrorCode
+from schemas import DriftReport, ErrorCode
 from worker.ops.health import Liveness
 from worker.ops.metrics import WorkerMetrics
 from worker.pipeline.outcomes import Outcome, minimal_dead_letter
@@ -70,6 +70,7 @@ class Deliverer:
         connect: Callable[[], KafkaProducer],
         verdict_topic: str,
         dead_letter_topic: str,
+        drift_topic: str,
         tracker: OffsetTracker,
         emit_lock: threading.Lock,
         lifecycle: Lifecycle,
@@ -79,6 +80,7 @@ class Deliverer:
     ) -> None:
         self._connect = connect
         self.topics = (verdict_topic, dead_letter_topic)
+        self.drift_topic = drift_topic
         self.tracker = tracker
         self.emit_lock = emit_lock
         self.lifecycle = lifecycle
@@ -121,6 +123,18 @@ class Deliverer:
                 self._reconnect()
                 self.lifecycle.abort.wait(backoff)
                 backoff = min(backoff * 2, 5.0)
+
+    def publish_reports(self, reports: Sequence[DriftReport]) -> None:
+        """Best effort: a drift report that cannot be delivered is logged (its gauges and warning line stay), never retried."""
+        if not reports or self.producer is None:
+            return
+        try:
+            futures = [self.producer.send(self.drift_topic, key=r.bundle.sha256.encode(), value=r.model_dump_json().encode()) for r in reports]
+            self.producer.flush(timeout=10)
+            for fut in futures:
+                fut.get(timeout=0)
+        except KafkaError as exc:
+            log.warning("drift_report_not_delivered", reports=len(reports), error=str(exc)[:300])
 
     def _refused(self, p: _Pending, err: Exception) -> bool:
         """The broker refused this record: retry, reduce to the minimal dead letter, or give up. True to send again."""

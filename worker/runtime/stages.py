@@ -11,7 +11,8 @@
   cache lookup and the decode fan-out;
 * **infer** runs ONNX Runtime (overlapping the next batch's decode), the shadow
   bundle, the cache write and builds the outcomes;
-* **deliver** produces them and marks their offsets done once acknowledged.
+* **deliver** produces them and marks their offsets done once acknowledged,
+  then feeds the verdicts to the drift monitors and publishes any report.
 
 Queues of one between stages bound the memory held. A stage that raises is a
 bug: the worker stops, commits nothing past it, and exits 2.
@@ -31,6 +32,7 @@ from worker.pipeline.items import PreparedBatch
 from worker.pipeline.outcomes import Outcome
 from worker.runtime.batcher import MicroBatcher
 from worker.runtime.delivery import Deliverer
+from worker.runtime.drift_reports import DriftReports
 from worker.runtime.lifecycle import Lifecycle
 from worker.runtime.offsets import OffsetTracker
 from worker.runtime.work import Work
@@ -45,6 +47,7 @@ class Stages:
         inbox: queue.Queue[Work],
         processor: BatchProcessor,
         deliverer: Deliverer,
+        drift: DriftReports,
         tracker: OffsetTracker,
         lifecycle: Lifecycle,
         liveness: Liveness,
@@ -54,6 +57,7 @@ class Stages:
     ) -> None:
         self.processor = processor
         self.deliverer = deliverer
+        self.drift = drift
         self.tracker = tracker
         self.lifecycle = lifecycle
         self.liveness = liveness
@@ -116,6 +120,8 @@ class Stages:
 
     def _deliver(self) -> None:
         while (item := self._to_deliver.get()) is not None:
+            works, outcomes = item
             self.liveness.busy("deliver")
-            self.deliverer.deliver(*item)
+            self.deliverer.deliver(works, outcomes)
+            self.deliverer.publish_reports(self.drift.observe(outcomes))
             self.liveness.idle("deliver")
