@@ -42,7 +42,9 @@ def ensure_bundle(arch: str) -> Path:
     from export.bundle import write_placeholder_bundle
 
     print(f"  building {arch} bundle (random weights) in {out} ...", flush=True)
-    write_placeholder_bundle(out, arch, name=f"bench-{arch}", seed=0, note="benchmark bundle: random weights, untrained head; for speed only")
+    write_placeholder_bundle(
+        out, arch, random_weights=True, name=f"bench-{arch}", seed=0, note="benchmark bundle: random weights, untrained head; for speed only"
+    )
     return out
 
 

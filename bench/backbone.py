@@ -148,7 +148,7 @@ def build_backends(arch: str, result: BenchResult, with_torch: bool = True) -> l
     }
     backends = []
     if with_torch:
-        encoder, _, _ = load_encoder(arch, None, seed=0)
+        encoder, _, _ = load_encoder(arch, None, seed=0, random_weights=True)
         backends.append(_torch_backend(encoder))
     backends.append(_ort_backend("ort-cpu-fp32", fp32, "fp32", False, [CPU]))
     fidelity: dict[str, Any] = {}
@@ -161,8 +161,8 @@ def build_backends(arch: str, result: BenchResult, with_torch: bool = True) -> l
         fp16 = ensure_variant(arch, "fp16", True)
         fidelity["ort-cuda-fp16-fused"] = load_fidelity(fp16)
         for make in (
-            lambda: _torch_backend(load_encoder(arch, None, seed=0)[0], "cuda"),
-            lambda: _torch_backend(load_encoder(arch, None, seed=0)[0], "cuda", half=True),
+            lambda: _torch_backend(load_encoder(arch, None, seed=0, random_weights=True)[0], "cuda"),
+            lambda: _torch_backend(load_encoder(arch, None, seed=0, random_weights=True)[0], "cuda", half=True),
             lambda: _ort_backend("ort-cuda-fp32", fp32, "fp32", False, [CUDA, CPU], "cuda"),
             lambda: _ort_backend("ort-cuda-fp16-fused", fp16, "fp16", True, [CUDA, CPU], "cuda"),
             lambda: _trt_backend("ort-tensorrt-fp16", fp32, fp32.parent / ".trt-cache"),
@@ -237,7 +237,7 @@ def run_scaling(opts: Options) -> BenchResult:
             r.note(f"{arch}: could not build its bundle here ({type(exc).__name__}: {str(exc)[:200]}); row skipped")
             continue
         build_s = time.monotonic() - t0
-        encoder, _pre, _ = load_encoder(arch, None, seed=0)
+        encoder, _pre, _ = load_encoder(arch, None, seed=0, random_weights=True)
         gflops = vit_flops(encoder)["gflops"]
         del encoder
         gc.collect()
@@ -285,7 +285,7 @@ def run_roofline(opts: Options) -> BenchResult:
 
     archs = list(dict.fromkeys([*opts.scaling_archs, opts.backbone_arch, "ViT-L-14"]))
     for arch in archs:
-        encoder, pre, _ = load_encoder(arch, None, seed=0)
+        encoder, pre, _ = load_encoder(arch, None, seed=0, random_weights=True)
         analytic = vit_flops(encoder)
         counted = counted_flops(encoder, pre.image_size)
         del encoder

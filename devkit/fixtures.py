@@ -32,7 +32,7 @@ def tiny_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from export.clip import TINY
 
     out = tmp_path_factory.mktemp("bundle-tiny")
-    write_placeholder_bundle(out, TINY, name="test-tiny", seed=0)
+    write_placeholder_bundle(out, TINY, random_weights=True, name="test-tiny", seed=0)
     return out
 
 

@@ -58,7 +58,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("out", type=Path, help="Work directory: data/, embeddings/, bundles/, report/.")
     p.add_argument("--method", action="append", default=None, help=f"Method to train, repeatable (default all: {', '.join(head_registry.names())}).")
     p.add_argument("--arch", default="aigis-tiny", help="open_clip architecture (default aigis-tiny: runs on a laptop CPU).")
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint (default: random weights).")
+    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint (or --random-weights).")
+    p.add_argument("--random-weights", action="store_true", help="Random encoder weights (deterministic from --seed): the functional benchmark.")
     p.add_argument("--seed", type=int, default=0, help="Seed of the data, the encoder's random weights and training (default 0).")
     p.add_argument("--train-per-class", type=int, default=120, help="Real and fake training images per generator (default 120).")
     p.add_argument("--test-per-class", type=int, default=100, help="Real and fake test images per generator (default 100: TPR@1%%FPR needs >= 100 real).")
@@ -83,7 +84,9 @@ def run(args: argparse.Namespace) -> int:
     built = [make_method(m, args.profile, {}, args.seed) for m in methods]
     crops = sorted({m.crop_size for m in built if "native_crop" in m.inputs and m.crop_size})
     emb = out / "embeddings"
-    opts = EmbedOptions(arch=args.arch, pretrained=args.pretrained, seed=args.seed, views=True, native_crop=crops[0] if crops else None)
+    opts = EmbedOptions(
+        arch=args.arch, pretrained=args.pretrained, seed=args.seed, random_weights=args.random_weights, views=True, native_crop=crops[0] if crops else None
+    )
     embed_dataset(data / "train", emb, opts, progress=True)
 
     bundles = []
@@ -95,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
             methods=[m],
             arch=args.arch,
             pretrained=args.pretrained,
+            random_weights=args.random_weights,
             seed=args.seed,
             profile=args.profile,
             exclude_generators=args.exclude_generator,

@@ -21,7 +21,7 @@ import torch
 from export.clip import ImageEncoder
 from export.heads.base import HeadMethod
 from export.onnx_io import export_module, parity
-from schemas import Backbone, BundleManifest, Calibration, Head, HeadInput, Parity, Preprocess
+from schemas import Backbone, BundleManifest, Calibration, Head, HeadInput, Parity, Preprocess, PreprocessMode
 from worker.model.bundle import MANIFEST, BundleError, LoadedBundle, file_sha256
 
 #: Largest PyTorch-vs-ORT difference accepted at export (embeddings and probabilities).
@@ -132,7 +132,15 @@ def write_bundle(
         name=name,
         version=version,
         created_at=datetime.now(UTC),
-        backbone=Backbone(architecture=architecture, pretrained=pretrained, file=backbone_file, embed_dim=embed_dim, preprocess=preprocess),
+        backbone=Backbone(
+            architecture=architecture,
+            pretrained=pretrained,
+            file=backbone_file,
+            embed_dim=embed_dim,
+            preprocess=preprocess,
+            activation=encoder.activation,
+            weights=encoder.weights,
+        ),
         heads=head_entries,
         calibration=calibration,
         parity=par,
@@ -149,9 +157,9 @@ def write_bundle(
     return manifest
 
 
-def uncalibrated() -> Calibration:
-    """Placeholder operating point for heads never fit to data: 0.5, no band, flagged."""
-    return Calibration(threshold=0.5, uncertain_low=0.5, uncertain_high=0.5, target_fpr=None, calibrated=False)
+def uncalibrated(source: str = "placeholder") -> Calibration:
+    """0.5, no band, flagged uncalibrated: an untrained head's placeholder, or a published detector's own threshold (``source="paper"``)."""
+    return Calibration(threshold=0.5, uncertain_low=0.5, uncertain_high=0.5, target_fpr=None, calibrated=False, threshold_source=source)  # type: ignore[arg-type]
 
 
 def write_placeholder_bundle(
@@ -159,6 +167,9 @@ def write_placeholder_bundle(
     architecture: str,
     pretrained: str | None = None,
     *,
+    random_weights: bool = False,
+    assume_openai: bool = False,
+    preprocess_mode: PreprocessMode = "clip",
     name: str = "aigis",
     version: str = "0.1.0",
     seed: int = 0,
@@ -173,7 +184,9 @@ def write_placeholder_bundle(
     from export.clip import load_encoder
     from export.heads.linear_probe import LinearProbe
 
-    encoder, preprocess, dim = load_encoder(architecture, pretrained, seed=seed)
+    encoder, preprocess, dim = load_encoder(
+        architecture, pretrained, seed=seed, random_weights=random_weights, assume_openai=assume_openai, preprocess_mode=preprocess_mode
+    )
     return write_bundle(
         out,
         encoder=encoder,

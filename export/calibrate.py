@@ -67,6 +67,7 @@ def calibrate(
         uncertain_high=threshold,
         target_fpr=target_fpr,
         calibrated=True,
+        threshold_source="validation",
         validation=validation,
     )
     return cal, notes

@@ -3,6 +3,7 @@
 python -m export synth OUT              make the synthetic real/fake benchmark (UniversalFakeDetect layout)
 python -m export embed DATASET OUT     frozen open_clip embeddings, sharded and resumable
 python -m export bundle OUT ...        train heads (--data) or a placeholder, export backbone + heads, write the manifest
+python -m export import NAME OUT ...   a published detector's released checkpoint as a served bundle (ufd, c2p-clip)
 python -m export eval BUNDLE... DATA   score a dataset through the worker's runtime: per-generator metrics, robustness, plots
 python -m export benchmark OUT         synth -> embed -> one bundle per method -> eval -> README table
 python -m export demo                  the end-to-end demo behind `make demo`
@@ -45,6 +46,10 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             save_heads=args.save_heads,
             load_heads=args.head,
             monitoring=_monitoring_options(args),
+            random_weights=args.random_weights,
+            assume_openai=args.openai_weights,
+            preprocess_mode=args.preprocess,
+            augment=args.augment,
         )
         cal = manifest.calibration
         v = cal.validation
@@ -67,7 +72,19 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     if unknown:
         head_registry.get(unknown[0])  # a clear error for a misspelt method first
         raise SystemExit(f"--data is required to build a {unknown[0]} head (only linear-probe has an untrained placeholder)")
-    manifest = write_placeholder_bundle(args.out, args.arch or DEFAULT_ARCH, args.pretrained, name=args.name, version=args.version, seed=args.seed)
+    if args.augment:
+        raise SystemExit("--augment needs --data: augmented copies are training data")
+    manifest = write_placeholder_bundle(
+        args.out,
+        args.arch or DEFAULT_ARCH,
+        args.pretrained,
+        random_weights=args.random_weights,
+        assume_openai=args.openai_weights,
+        preprocess_mode=args.preprocess or "clip",
+        name=args.name,
+        version=args.version,
+        seed=args.seed,
+    )
     print(f"wrote bundle {args.out} ({manifest.backbone.architecture}, heads: {', '.join(h.name for h in manifest.heads)})")
     print(f"parity: backbone {manifest.parity.backbone_max_abs_diff:.2e}, heads {manifest.parity.head_max_abs_diff}" if manifest.parity else "")
     return 0
@@ -113,6 +130,10 @@ def cmd_benchmark(args: argparse.Namespace) -> int:
     return run(args)
 
 
+def cmd_import(args: argparse.Namespace) -> int:
+    return args.importer.run(args)
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from export.demo import run_demo
 
@@ -125,12 +146,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bundle", help="build a model bundle (manifest + ONNX files)", description="Build a model bundle directory the worker can load.")
     b.add_argument("out", type=Path, help="Output directory (created; an existing manifest is replaced).")
-    b.add_argument(
-        "--arch",
-        default=None,
-        help="open_clip architecture (default: the one the --data embeddings were made with, else ViT-L-14; aigis-tiny for tests and the demo).",
+    from export.embed import add_weights_arguments
+
+    add_weights_arguments(
+        b,
+        default_arch=None,
+        arch_help="open_clip architecture (default: the one the --data embeddings were made with, else ViT-L-14; aigis-tiny for tests and the demo).",
     )
-    b.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local checkpoint path (default: random weights).")
+    b.add_argument(
+        "--preprocess",
+        choices=("clip", "ufd"),
+        default=None,
+        help="Preprocessing mode the bundle serves: clip (open_clip's eval transform) or ufd (UniversalFakeDetect's native 224 centre crop). "
+        "Default: the mode the --data embeddings were made with, else clip.",
+    )
+    b.add_argument(
+        "--augment",
+        type=int,
+        default=None,
+        metavar="K",
+        help="With an image --data: embed K augmented copies per image (UFD's training augmentation) and train on them. "
+        "For an embedding directory this is fixed by `python -m export embed --augment`.",
+    )
     b.add_argument(
         "--method",
         action="append",
@@ -173,7 +210,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--cache-dir", type=Path, default=Path(".aigis/embeddings"), help="Embedding cache for image --data (default .aigis/embeddings).")
     b.add_argument("--name", default="aigis", help="Bundle name recorded in verdicts.")
     b.add_argument("--version", default="0.1.0", help="Bundle version recorded in verdicts.")
-    b.add_argument("--seed", type=int, default=0, help="Seed for random weights and training.")
     b.add_argument(
         "--no-drift-reference",
         action="store_true",
@@ -187,6 +223,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="Share of validation images the attribution head must keep attributed; the rest of the probability range is 'unknown' (default 0.95).",
     )
     b.set_defaults(func=cmd_bundle)
+
+    from export import importers
+
+    im = sub.add_parser(
+        "import",
+        help="serve a published detector's released checkpoint (ufd, c2p-clip)",
+        description=importers.__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    im_sub = im.add_subparsers(dest="importer_name", required=True, metavar="NAME")
+    for importer in importers.all_importers():
+        ip = im_sub.add_parser(importer.name, help=importer.summary, description=importer.description, formatter_class=argparse.RawDescriptionHelpFormatter)
+        importer.add_arguments(ip)
+        ip.set_defaults(func=cmd_import, importer=importer)
 
     from export import benchmark, embed, evaluate, synth
 

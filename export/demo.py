@@ -144,6 +144,7 @@ def ensure_demo_bundle(workdir: Path) -> Path:
             str(out),
             "--arch",
             "aigis-tiny",
+            "--random-weights",
             "--data",
             str(synth / "train"),
             *[arg for m in DEMO_METHODS for arg in ("--method", m)],

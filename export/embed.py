@@ -3,15 +3,26 @@
 What the heads train on must be what the worker will compute when it serves,
 so every image goes through the worker's own code: :func:`worker.ingest.decode.decode_image`
 (EXIF orientation, RGB conversion, limits), :func:`worker.ingest.preprocess.clip_input`
-(open_clip's eval transform in numpy) and, for heads that read pixels,
+(the ``--preprocess`` mode: ``clip``, open_clip's eval transform, or ``ufd``,
+UniversalFakeDetect's native-resolution centre crop) and, for heads that read pixels,
 :func:`worker.ingest.preprocess.native_crop`. Only the encoder itself runs in PyTorch
 (on the GPU when there is one); ONNX-vs-PyTorch parity is checked at export.
+
+Weights: ``--pretrained TAG_OR_CHECKPOINT`` for a real detector (OpenAI's
+weights always run with QuickGELU, see :mod:`export.clip`), or
+``--random-weights`` for plumbing tests; without either the command refuses.
+
+``--augment K`` also embeds K copies of every image through UniversalFakeDetect's
+training augmentation (:mod:`export.augment`: resize, blur p=0.5, JPEG p=0.5,
+random crop, flip). ``python -m export bundle`` trains heads on the copies of
+the training split only; validation (calibration) never sees an augmented image.
 
 Output directory::
 
     meta.json                      backbone, encoder weights fingerprint, options (all shards must agree)
     chunks/s{i}of{n}-c{k}.npz      embeddings (N, D) float32, labels, generators, paths,
                                    views (N, 2, D) for --views (NaN rows for fakes),
+                                   augmented (N, K, D) for --augment K,
                                    native (N, 3, S, S) uint8 for --native-crop S
     s{i}of{n}.index.csv            path, label, generator, chunk: written when shard i is complete
     s{i}of{n}.done.json            completion marker; loading refuses a set with a shard missing
@@ -42,17 +53,35 @@ import numpy as np
 import torch
 from PIL import Image
 
-from export.clip import ImageEncoder, load_encoder
+from export.augment import AugmentSpec, augmented_input, copy_rng
+from export.clip import ImageEncoder, activation_of, load_encoder
 from export.datasets import Item, list_dataset
 from export.heads.base import EmbeddingSet
-from schemas import Preprocess
+from schemas import Preprocess, PreprocessMode, Weights
 from worker.ingest.decode import DecodeLimits, decode_image
 from worker.ingest.preprocess import clip_input, native_crop
 
 FORMAT = 1
 META = "meta.json"
 #: Options that must match between runs writing into the same directory.
-_FIXED = ("format", "arch", "pretrained", "seed", "encoder_sha256", "dim", "views", "native_crop", "chunk_size", "shards", "files_total", "view_seed")
+_FIXED = (
+    "format",
+    "arch",
+    "pretrained",
+    "seed",
+    "encoder_sha256",
+    "dim",
+    "preprocess",
+    "views",
+    "native_crop",
+    "chunk_size",
+    "shards",
+    "files_total",
+    "view_seed",
+    "augment",
+    "augment_seed",
+    "augment_spec",
+)
 
 
 @dataclass(frozen=True)
@@ -60,6 +89,14 @@ class EmbedOptions:
     arch: str = "ViT-L-14"
     pretrained: str | None = None
     seed: int = 0
+    #: Random encoder weights are used only when asked for (tests, demo, speed benchmarks).
+    random_weights: bool = False
+    #: Treat a --pretrained checkpoint as OpenAI's (QuickGELU) when its contents cannot show it.
+    assume_openai: bool = False
+    preprocess: PreprocessMode = "clip"
+    #: Augmented copies per image (UFD's training augmentation); 0 = none.
+    augment: int = 0
+    augment_seed: int = 0
     batch_size: int = 64
     chunk_size: int = 512
     views: bool = False
@@ -71,8 +108,13 @@ class EmbedOptions:
 
 
 def encoder_fingerprint(encoder: torch.nn.Module) -> str:
-    """sha256 over the encoder's weights: embeddings and the bundle's backbone must come from the same ones."""
+    """sha256 over the encoder's weights and activation: embeddings and the bundle's backbone must come from the same ones.
+
+    The activation is part of it because the same weights under GELU and
+    QuickGELU are two different encoders (OpenAI's need QuickGELU).
+    """
     digest = hashlib.sha256()
+    digest.update(f"activation={activation_of(encoder)};".encode())
     for name, tensor in sorted(encoder.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
@@ -107,6 +149,7 @@ class EncoderInputs:
     pixels: np.ndarray
     views: np.ndarray | None
     native: np.ndarray | None
+    augmented: np.ndarray | None = None
 
 
 def encoder_inputs(item: Item, pre: Preprocess, opts: EmbedOptions, limits: DecodeLimits) -> EncoderInputs:
@@ -121,7 +164,10 @@ def encoder_inputs(item: Item, pre: Preprocess, opts: EmbedOptions, limits: Deco
     native = None
     if opts.native_crop:
         native = np.round(native_crop(decoded.image, opts.native_crop) * 255.0).astype(np.uint8)
-    return EncoderInputs(pixels, views, native)
+    augmented = None
+    if opts.augment:
+        augmented = np.stack([augmented_input(decoded.image, pre, copy_rng(item.rel, j, opts.augment_seed)) for j in range(opts.augment)])
+    return EncoderInputs(pixels, views, native, augmented)
 
 
 def _device(name: str) -> torch.device:
@@ -163,7 +209,11 @@ def embed_dataset(root: Path, out: Path, opts: EmbedOptions, progress: bool = Fa
     if not (n >= 1 and 0 <= i < n):
         raise SystemExit(f"--shard must be i/n with 0 <= i < n, got {i}/{n}")
     items = list_dataset(root)
-    encoder, pre, dim = load_encoder(opts.arch, opts.pretrained, seed=opts.seed)
+    if opts.augment < 0:
+        raise SystemExit(f"--augment takes a number of copies >= 0, got {opts.augment}")
+    encoder, pre, dim = load_encoder(
+        opts.arch, opts.pretrained, seed=opts.seed, random_weights=opts.random_weights, assume_openai=opts.assume_openai, preprocess_mode=opts.preprocess
+    )
     device = _device(opts.device)
     encoder = encoder.to(device)
     meta = {
@@ -173,11 +223,16 @@ def embed_dataset(root: Path, out: Path, opts: EmbedOptions, progress: bool = Fa
         "pretrained": opts.pretrained,
         "seed": opts.seed,
         "encoder_sha256": encoder_fingerprint(encoder),
+        "weights": encoder.weights.model_dump(mode="json"),
+        "activation": encoder.activation,
         "dim": dim,
         "preprocess": pre.model_dump(mode="json"),
         "views": opts.views,
         "view_seed": opts.view_seed,
         "native_crop": opts.native_crop,
+        "augment": opts.augment,
+        "augment_seed": opts.augment_seed,
+        "augment_spec": AugmentSpec().model_dump(mode="json") if opts.augment else None,
         "chunk_size": opts.chunk_size,
         "shards": n,
         "files_total": len(items),
@@ -191,7 +246,8 @@ def embed_dataset(root: Path, out: Path, opts: EmbedOptions, progress: bool = Fa
     todo_ids = {k for k, _ in todo}
     limits = DecodeLimits()
     done = sum(len(c) for k, c in mine if k not in todo_ids)
-    bar = tqdm(total=sum(len(c) for _, c in mine), initial=done, desc=f"embed {i}/{n}", unit="img", disable=not progress)
+    desc = f"embed {i}/{n}" + (f" (+{opts.augment} augmented copies each)" if opts.augment else "")
+    bar = tqdm(total=sum(len(c) for _, c in mine), initial=done, desc=desc, unit="img", disable=not progress)
     with ThreadPoolExecutor(max(1, opts.workers)) as pool:
         for k, chunk in todo:
             prepared: list[EncoderInputs] = []
@@ -215,6 +271,9 @@ def embed_dataset(root: Path, out: Path, opts: EmbedOptions, progress: bool = Fa
                 arrays["views"] = views
             if opts.native_crop:
                 arrays["native"] = np.stack([p.native for p in prepared])  # type: ignore[misc]
+            if opts.augment:
+                flat = _encode(encoder, np.concatenate([p.augmented for p in prepared]), device, opts.batch_size)  # type: ignore[misc]
+                arrays["augmented"] = flat.reshape(len(chunk), opts.augment, dim).astype(np.float32)
             path = out / "chunks" / _chunk_name(opts.shard, k)
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
             np.savez(tmp, **arrays)
@@ -264,6 +323,7 @@ def load_embeddings(path: Path, generators: set[str] | None = None) -> tuple[Emb
         if len(order) == 0:
             raise SystemExit(f"{path}: no rows for generators {sorted(generators)}; present: {sorted(set(arrays['generators'].tolist()))}")
     native = arrays.get("native")
+    arrays.pop("augmented", None)  # training-only rows: see load_augmented
     data = EmbeddingSet(
         embeddings=arrays["embeddings"][order],
         labels=arrays["labels"][order].astype(np.int64),
@@ -273,6 +333,27 @@ def load_embeddings(path: Path, generators: set[str] | None = None) -> tuple[Emb
         native=None if native is None else native[order].astype(np.float32) / np.float32(255.0),
     )
     return data, meta
+
+
+def load_augmented(path: Path, data: EmbeddingSet) -> np.ndarray | None:
+    """The --augment copies of ``data``'s rows, (len(data), K, D) aligned to ``data.paths``; None if the set has none.
+
+    Kept apart from :func:`load_embeddings` so that only training code asks
+    for them (validation, calibration and evaluation never see augmented rows).
+    """
+    path = Path(path)
+    meta = json.loads((path / META).read_text())
+    if not meta.get("augment"):
+        return None
+    rows: dict[str, np.ndarray] = {}
+    for f in sorted((path / "chunks").glob(f"s*of{int(meta['shards'])}-c*.npz")):
+        with np.load(f) as z:
+            for p, a in zip(z["paths"], z["augmented"], strict=True):
+                rows[str(p)] = a
+    missing = [p for p in data.paths if p not in rows]
+    if missing:
+        raise SystemExit(f"{path}: no augmented copies for {len(missing)} rows (e.g. {missing[0]}); the directory is incomplete")
+    return np.stack([rows[p] for p in data.paths]).astype(np.float32)
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -288,17 +369,58 @@ def parse_shard(text: str) -> tuple[int, int]:
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("dataset", type=Path, help="Dataset root in UniversalFakeDetect layout (<generator>/0_real|1_fake/...).")
     p.add_argument("out", type=Path, help="Output directory (created; rerun to resume).")
-    p.add_argument("--arch", default="ViT-L-14", help="open_clip architecture (default ViT-L-14, 768-d; aigis-tiny for tests).")
-    p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or local checkpoint (default: random weights, deterministic from --seed).")
-    p.add_argument("--seed", type=int, default=0, help="Seed of random encoder weights when --pretrained is not given (must match the bundle's).")
+    add_weights_arguments(p)
+    p.add_argument(
+        "--preprocess",
+        choices=("clip", "ufd"),
+        default="clip",
+        help="Preprocessing mode, recorded in the bundle and served by the worker: clip (open_clip's eval transform: resize the shortest side, "
+        "centre crop; default) or ufd (UniversalFakeDetect's test transform: 224 centre crop at native resolution, no resize).",
+    )
     p.add_argument("--batch-size", type=int, default=64, help="Images per encoder forward pass (default 64).")
     p.add_argument("--chunk-size", type=int, default=512, help="Images per resumable output chunk (default 512).")
     p.add_argument("--shard", type=parse_shard, default=(0, 1), help="Embed shard I of N (I/N, default 0/1): every N-th chunk starting at I.")
     p.add_argument("--views", action="store_true", help="Also embed two random augmentations of every real image (the NTF head needs them).")
     p.add_argument("--view-seed", type=int, default=0, help="Seed of the view augmentations (default 0).")
     p.add_argument("--native-crop", type=int, default=None, metavar="S", help="Also store the S x S native-resolution centre crop (the freq head needs it).")
+    p.add_argument(
+        "--augment",
+        type=int,
+        default=0,
+        metavar="K",
+        help="Also embed K augmented copies of every image with UniversalFakeDetect's training augmentation (resize, blur p=0.5 sigma 0-3, "
+        "JPEG p=0.5 quality 30-100, random crop, flip). Heads train on the copies of the training split; validation is never augmented. Default 0.",
+    )
+    p.add_argument("--augment-seed", type=int, default=0, help="Seed of the augmentation draws (default 0).")
     p.add_argument("--device", default="auto", help="torch device for the encoder (default: cuda if available, else cpu).")
     p.add_argument("--workers", type=int, default=2, help="Decode/preprocess threads (default 2).")
+
+
+def add_weights_arguments(
+    p: argparse.ArgumentParser,
+    default_arch: str | None = "ViT-L-14",
+    arch_help: str = "open_clip architecture (default ViT-L-14, 768-d, what the papers use; aigis-tiny for tests and the demo).",
+) -> None:
+    """--arch, --pretrained, --random-weights, --openai-weights, --seed: shared by embed, bundle and benchmark."""
+    p.add_argument("--arch", default=default_arch, help=arch_help)
+    p.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="TAG_OR_CHECKPOINT",
+        help="Encoder weights: an open_clip tag (e.g. openai; needs the hub) or a checkpoint file (e.g. OpenAI's ViT-L-14.pt). "
+        "OpenAI's weights are recognised and always run with QuickGELU.",
+    )
+    p.add_argument(
+        "--random-weights",
+        action="store_true",
+        help="Use random encoder weights (deterministic from --seed): for tests, demos and speed benchmarks only; scores then mean nothing.",
+    )
+    p.add_argument(
+        "--openai-weights",
+        action="store_true",
+        help="The --pretrained checkpoint is OpenAI's CLIP in a layout that does not show it (e.g. converted on the HF hub): run it with QuickGELU.",
+    )
+    p.add_argument("--seed", type=int, default=0, help="Seed of the random encoder weights with --random-weights (and of training in bundle).")
 
 
 def options_from(args: argparse.Namespace) -> EmbedOptions:
@@ -306,6 +428,11 @@ def options_from(args: argparse.Namespace) -> EmbedOptions:
         arch=args.arch,
         pretrained=args.pretrained,
         seed=args.seed,
+        random_weights=args.random_weights,
+        assume_openai=args.openai_weights,
+        preprocess=args.preprocess,
+        augment=args.augment,
+        augment_seed=args.augment_seed,
         batch_size=args.batch_size,
         chunk_size=args.chunk_size,
         views=args.views,
@@ -320,5 +447,9 @@ def options_from(args: argparse.Namespace) -> EmbedOptions:
 def run(args: argparse.Namespace) -> int:
     meta = embed_dataset(args.dataset, args.out, options_from(args), progress=True)
     i, n = args.shard
-    print(f"embedded shard {i}/{n} of {meta['files_total']} files from {args.dataset} into {args.out} ({meta['arch']}, {meta['dim']}-d)")
+    extra = f", {meta['augment']} augmented copies each" if meta["augment"] else ""
+    print(
+        f"embedded shard {i}/{n} of {meta['files_total']} files from {args.dataset} into {args.out} "
+        f"({meta['arch']}, {meta['dim']}-d, weights {Weights.model_validate(meta['weights']).label}, preprocess {meta['preprocess']['mode']}{extra})"
+    )
     return 0

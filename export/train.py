@@ -18,6 +18,13 @@
    hyper-parameters, data summary, fit summary, threshold, band, validation
    metrics.
 
+Preprocessing: the bundle serves the mode its embeddings were made with
+(``embed --preprocess clip|ufd``, recorded in their meta), so heads are always
+served what they were trained on. Augmented copies (``embed --augment K``) are
+added to the training split only (their source image's row decides which
+split they belong to), and only for heads that read nothing but the embedding;
+validation, calibration and the recorded metrics never see an augmented row.
+
 ``--save-heads DIR`` keeps every fitted head as a checkpoint
 (:mod:`export.heads.checkpoint`); ``--head FILE`` loads one instead of
 training it (step 3 skipped for that head; it is still calibrated and
@@ -39,7 +46,7 @@ from export.calibrate import calibrate, stratified_split
 from export.heads.base import EmbeddingSet, HeadMethod
 from export.metrics import average_precision, roc_auc
 from export.monitoring import MonitoringOptions, finalize_hook
-from schemas import BundleManifest
+from schemas import BundleManifest, Preprocess, PreprocessMode
 
 #: Named sets of hyper-parameter overrides. "paper" is the papers' own values.
 #: "small-data" is for datasets of a few hundred images (tests, the synthetic
@@ -105,9 +112,27 @@ class TrainingData:
     embeddings_dir: Path
 
 
-def _cache_dir(root: Path, dataset: Path, arch: str, pretrained: str | None, seed: int, views: bool, native: int | None) -> Path:
-    key = hashlib.sha256(f"{dataset.resolve()}|{arch}|{pretrained}|{seed}|{views}|{native}".encode()).hexdigest()[:16]
+def _cache_dir(root: Path, dataset: Path, arch: str, pretrained: str | None, seed: int, views: bool, native: int | None, mode: str, augment: int) -> Path:
+    key = hashlib.sha256(f"{dataset.resolve()}|{arch}|{pretrained}|{seed}|{views}|{native}|{mode}|{augment}".encode()).hexdigest()[:16]
     return root / f"{dataset.name}-{arch}-{key}"
+
+
+def with_augmented(train: EmbeddingSet, augmented: np.ndarray) -> EmbeddingSet:
+    """``train`` plus its K augmented copies per row (same label and generator; no views, no native crops)."""
+    n, k, d = augmented.shape
+    if n != len(train):
+        raise ValueError(f"{n} augmented rows for {len(train)} training rows")
+    views = None
+    if train.views is not None:
+        views = np.concatenate([train.views, np.full((n * k, *train.views.shape[1:]), np.nan, dtype=np.float32)])
+    return EmbeddingSet(
+        embeddings=np.concatenate([train.embeddings, augmented.reshape(n * k, d)]),
+        labels=np.concatenate([train.labels, np.repeat(train.labels, k)]),
+        generators=[*train.generators, *(g for g in train.generators for _ in range(k))],
+        paths=[*train.paths, *(f"{p}#augment{j}" for p in train.paths for j in range(k))] if train.paths else [],
+        views=views,
+        native=None,
+    )
 
 
 def load_training_data(
@@ -121,6 +146,10 @@ def load_training_data(
     cache_root: Path,
     embeddings_dir: Path | None,
     progress: bool,
+    random_weights: bool = False,
+    assume_openai: bool = False,
+    preprocess_mode: PreprocessMode = "clip",
+    augment: int = 0,
 ) -> TrainingData:
     """Embeddings for ``data`` (an embedding directory as is, or an image dataset embedded into the cache)."""
     from export.embed import EmbedOptions, embed_dataset, is_embedding_dir, load_embeddings
@@ -128,8 +157,18 @@ def load_training_data(
     if is_embedding_dir(data):
         ds, meta = load_embeddings(data)
         return TrainingData(ds, meta, data, data)
-    out = embeddings_dir or _cache_dir(cache_root, data, arch, pretrained, seed, views, native_crop)
-    opts = EmbedOptions(arch=arch, pretrained=pretrained, seed=seed, views=views, native_crop=native_crop)
+    out = embeddings_dir or _cache_dir(cache_root, data, arch, pretrained, seed, views, native_crop, preprocess_mode, augment)
+    opts = EmbedOptions(
+        arch=arch,
+        pretrained=pretrained,
+        seed=seed,
+        random_weights=random_weights,
+        assume_openai=assume_openai,
+        preprocess=preprocess_mode,
+        augment=augment,
+        views=views,
+        native_crop=native_crop,
+    )
     embed_dataset(data, out, opts, progress=progress)
     ds, meta = load_embeddings(out)
     return TrainingData(ds, meta, data, out)
@@ -166,10 +205,14 @@ def train_bundle(
     save_heads: Path | None = None,
     load_heads: list[Path] | None = None,
     monitoring: MonitoringOptions | None = None,
+    random_weights: bool = False,
+    assume_openai: bool = False,
+    preprocess_mode: PreprocessMode | None = None,
+    augment: int | None = None,
 ) -> BundleManifest:
     from export.bundle import HeadSpec, write_bundle
     from export.clip import DEFAULT_ARCH, load_encoder
-    from export.embed import encoder_fingerprint, is_embedding_dir
+    from export.embed import encoder_fingerprint, is_embedding_dir, load_augmented
     from export.heads.checkpoint import load_head, save_head
     from worker.model.bundle import fuse_log_odds
 
@@ -192,13 +235,24 @@ def train_bundle(
 
         meta = json.loads((Path(data) / "meta.json").read_text())
         arch = arch or meta["arch"]
-        if (arch, pretrained, seed) != (meta["arch"], meta["pretrained"], meta["seed"]):
+        asked = (arch, pretrained, seed if pretrained is None else None)
+        made = (meta["arch"], meta["pretrained"], meta["seed"] if meta["pretrained"] is None else None)
+        if asked != made:
             raise SystemExit(
                 f"{data} was embedded with arch={meta['arch']} pretrained={meta['pretrained']} seed={meta['seed']}; "
                 f"this bundle asks for arch={arch} pretrained={pretrained} seed={seed}"
             )
+        made_mode = meta.get("preprocess", {}).get("mode", "clip")
+        if preprocess_mode is not None and preprocess_mode != made_mode:
+            raise SystemExit(f"{data} was embedded with --preprocess {made_mode}; a bundle serves the mode its heads were trained on, not {preprocess_mode}")
+        preprocess_mode = made_mode
+        if augment is not None and augment != int(meta.get("augment") or 0):
+            raise SystemExit(f"{data} holds {meta.get('augment') or 0} augmented copies per image; --augment applies when embedding (python -m export embed)")
     arch = arch or DEFAULT_ARCH
-    encoder, preprocess, dim = load_encoder(arch, pretrained, seed=seed)
+    preprocess_mode = preprocess_mode or "clip"
+    encoder, preprocess, dim = load_encoder(
+        arch, pretrained, seed=seed, random_weights=random_weights, assume_openai=assume_openai, preprocess_mode=preprocess_mode
+    )
     td = load_training_data(
         data,
         arch=arch,
@@ -209,11 +263,23 @@ def train_bundle(
         cache_root=cache_root,
         embeddings_dir=embeddings_dir,
         progress=progress,
+        random_weights=random_weights,
+        assume_openai=assume_openai,
+        preprocess_mode=preprocess_mode,
+        augment=augment or 0,
     )
+    if "preprocess" in td.meta and Preprocess.model_validate(td.meta["preprocess"]) != preprocess:
+        raise SystemExit(f"embeddings in {td.embeddings_dir} were preprocessed as {td.meta['preprocess']}, the encoder expects {preprocess.model_dump()}")
     fingerprint = encoder_fingerprint(encoder)
     if td.meta["encoder_sha256"] != fingerprint:
         raise SystemExit(f"embeddings in {td.embeddings_dir} come from different encoder weights than {arch} ({pretrained or 'random, seed ' + str(seed)})")
     for path, head in loaded.items():
+        head_mode = head.context.get("preprocess_mode", "clip")
+        if head_mode != preprocess.mode:
+            raise SystemExit(
+                f"head checkpoint {path} was trained on {head_mode} preprocessing; these embeddings ({td.embeddings_dir}) use {preprocess.mode}: "
+                f"embed the data with --preprocess {head_mode}"
+            )
         if head.context["encoder_sha256"] != fingerprint or head.context["embed_dim"] != dim:
             raise SystemExit(
                 f"head checkpoint {path} was trained on embeddings of another encoder "
@@ -232,6 +298,9 @@ def train_bundle(
     ds = ds.subset(rows)
     tr_idx, va_idx = stratified_split(ds.generators, ds.labels, val_fraction, seed)
     train, val = ds.subset(tr_idx), ds.subset(va_idx)
+    augmented = load_augmented(td.embeddings_dir, train)
+    train_aug = with_augmented(train, augmented) if augmented is not None else train
+    n_aug = 0 if augmented is None else int(augmented.shape[1])
     data_summary = {
         "source": str(td.source),
         "embeddings": str(td.embeddings_dir),
@@ -240,6 +309,8 @@ def train_bundle(
         "split": f"stratified by generator and label, validation fraction {val_fraction}, seed {seed}",
         "train": _counts(train),
         "validation": _counts(val),
+        "preprocess": preprocess.mode,
+        "augmented_copies_per_training_image": n_aug,
     }
 
     specs: list[HeadSpec] = []
@@ -247,15 +318,30 @@ def train_bundle(
     val_probs: list[np.ndarray] = []
     per_head: dict[str, dict[str, Any]] = {}
     names_used: dict[str, int] = {}
-    context = {"encoder_sha256": fingerprint, "embed_dim": dim, "arch": arch, "pretrained": pretrained, "profile": profile, "data": data_summary}
+    context = {
+        "encoder_sha256": fingerprint,
+        "embed_dim": dim,
+        "arch": arch,
+        "pretrained": pretrained,
+        "weights": encoder.weights.model_dump(mode="json"),
+        "activation": encoder.activation,
+        "preprocess_mode": preprocess.mode,
+        "profile": profile,
+        "data": data_summary,
+    }
     for method in [*built, *loaded.values()]:
         names_used[method.name] = names_used.get(method.name, 0) + 1
         head_name = method.name if names_used[method.name] == 1 else f"{method.name}-{names_used[method.name]}"
         source = next((path for path, head in loaded.items() if head is method), None)
         if source is None:
+            fit_on = train_aug if tuple(method.inputs) == ("embedding",) else train
             if progress:
-                print(f"[bundle] fitting {head_name} on {len(train)} embeddings ({int((train.labels == 0).sum())} real, {int((train.labels == 1).sum())} fake)")
-            report = method.fit(train, val, progress=progress)
+                extra = f", {len(fit_on) - len(train)} of them augmented copies" if len(fit_on) > len(train) else ""
+                n_real, n_fake = int((train.labels == 0).sum()), int((train.labels == 1).sum())
+                print(f"[bundle] fitting {head_name} on {len(fit_on)} embeddings ({n_real} real, {n_fake} fake images{extra})")
+            report = method.fit(fit_on, val, progress=progress)
+            if n_aug and fit_on is train:
+                report.notes.append(f"{head_name} reads native pixels, which --augment does not store: trained on the {len(train)} unaugmented rows only")
             if save_heads is not None:
                 saved = save_head(method, report, save_heads / f"{head_name}.pt", context)
                 if progress:
@@ -266,7 +352,12 @@ def train_bundle(
             head_profile, head_data = method.context["profile"], method.context["data"]  # type: ignore[attr-defined]
             if progress:
                 print(f"[bundle] loaded fitted {head_name} from {source} (not retrained)")
-            if (head_data["embeddings"], head_data["split"]) != (data_summary["embeddings"], data_summary["split"]):
+            if method.context.get("imported"):  # type: ignore[attr-defined]
+                notes_loaded.append(
+                    f"{head_name} is a published detector imported from {source} ({method.context['imported']}); "  # type: ignore[attr-defined]
+                    f"it is calibrated here on {data_summary['embeddings']}'s validation split"
+                )
+            elif (head_data["embeddings"], head_data["split"]) != (data_summary["embeddings"], data_summary["split"]):
                 notes_loaded.append(
                     f"{head_name} was loaded from {source}, trained on {head_data['embeddings']} ({head_data['split']}); "
                     f"it is validated and calibrated here on {data_summary['embeddings']}: make sure those images were not in its training set"

@@ -33,6 +33,8 @@ from schemas.manifest import (
     HeadInput,
     Parity,
     Preprocess,
+    PreprocessMode,
+    Weights,
 )
 
 __all__ = [
@@ -64,12 +66,14 @@ __all__ = [
     "ModeratorDecision",
     "Parity",
     "Preprocess",
+    "PreprocessMode",
     "ShadowScore",
     "SourceRecord",
     "Thresholds",
     "Timings",
     "UploadEvent",
     "VerdictEvent",
+    "Weights",
     "b64encode",
     "utcnow",
 ]

@@ -22,15 +22,67 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class Preprocess(_Model):
-    """How pixels become the backbone's input: open_clip's eval transform, spelled out."""
+#: Named preprocessing modes. ``clip``: open_clip's eval transform (shortest side resized to
+#: image_size, centre crop). ``ufd``: UniversalFakeDetect's ``validate.py`` (CenterCrop(image_size) at
+#: native resolution, no resize; images smaller than the crop are zero-padded, as torchvision does).
+PreprocessMode = Literal["clip", "ufd"]
 
+
+class Preprocess(_Model):
+    """How pixels become the backbone's input: a named mode, its parameters spelled out.
+
+    The worker serves the mode the bundle declares, and embedding/training use
+    the same function (:func:`worker.ingest.preprocess.clip_input`), so heads
+    train on exactly what is served.
+    """
+
+    mode: PreprocessMode = Field(
+        "clip",
+        description="clip: open_clip's eval transform (resize shortest side, centre crop). "
+        "ufd: UniversalFakeDetect's test transform (centre crop at native resolution, no resize, zero padding below the crop size).",
+    )
     image_size: int = Field(gt=0, description="Side of the square crop fed to the backbone.")
-    resize_mode: Literal["shortest"] = Field("shortest", description="Resize the shortest side to image_size, then centre-crop.")
-    interpolation: Literal["bicubic", "bilinear"] = "bicubic"
+    resize_mode: Literal["shortest"] = Field("shortest", description="clip mode: resize the shortest side to image_size, then centre-crop. Unused by ufd.")
+    interpolation: Literal["bicubic", "bilinear"] = Field("bicubic", description="clip mode's resize filter. Unused by ufd.")
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    allow_draft: bool = Field(True, description="Whether JPEG DCT-domain downscaling (Pillow draft mode) is acceptable before the resize.")
+    allow_draft: bool = Field(
+        True,
+        description="Whether JPEG DCT-domain downscaling (Pillow draft mode) is acceptable before the resize. Always false for ufd, which reads native pixels.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ufd_is_native(cls, data: Any) -> Any:
+        """ufd crops native pixels: a draft-decoded (downscaled) JPEG would show it other pixels, so draft is off by construction."""
+        if isinstance(data, dict) and data.get("mode") == "ufd":
+            if data.get("allow_draft") is True:
+                raise ValueError("preprocess mode ufd reads native-resolution pixels; allow_draft must be false")
+            data = {**data, "allow_draft": False}
+        return data
+
+
+class Weights(_Model):
+    """Where the backbone's weights came from, so a bundle says whether it is a real detector."""
+
+    source: Literal["tag", "checkpoint", "random"] = Field(description="tag: an open_clip pretrained tag. checkpoint: a local file. random: random init.")
+    tag: str | None = Field(None, description="The open_clip pretrained tag (source tag).")
+    file: str | None = Field(None, description="The checkpoint's file name (source checkpoint).")
+    sha256: str | None = Field(None, description="sha256 of the checkpoint file (source checkpoint).")
+    seed: int | None = Field(None, description="Seed of the random init (source random).")
+    openai: bool = Field(False, description="OpenAI's CLIP weights, which were trained with QuickGELU and are always run with it.")
+    evidence: str | None = Field(
+        None, description="Why the weights were taken for OpenAI's (a tag, a TorchScript archive, OpenAI's state-dict keys, a release sha256, or declared)."
+    )
+
+    @property
+    def label(self) -> str:
+        """Short form for metrics and logs: random, tag:openai, checkpoint:ViT-L-14.pt@sha256:0123456789ab."""
+        if self.source == "random":
+            return "random"
+        if self.source == "tag":
+            return f"tag:{self.tag}"
+        return f"checkpoint:{self.file}@sha256:{(self.sha256 or '')[:12]}"
 
 
 class Backbone(_Model):
@@ -44,6 +96,10 @@ class Backbone(_Model):
     embed_dim: int = Field(gt=0)
     precision: Literal["fp32", "fp16", "int8"] = "fp32"
     preprocess: Preprocess
+    activation: Literal["gelu", "quick_gelu"] | None = Field(
+        None, description="MLP activation the encoder ran with (OpenAI weights need quick_gelu). None in bundles made before it was recorded."
+    )
+    weights: Weights | None = Field(None, description="Where the weights came from. None in bundles made before it was recorded.")
 
 
 class HeadInput(_Model):
@@ -79,6 +135,11 @@ class Calibration(_Model):
     uncertain_high: float = Field(ge=0, le=1)
     target_fpr: float | None = Field(None, gt=0, lt=1)
     calibrated: bool = Field(description="True when the threshold was set on held-out validation data.")
+    threshold_source: Literal["validation", "paper", "placeholder"] | None = Field(
+        None,
+        description="validation: set on this bundle's validation split. paper: the published detector's own threshold (e.g. UFD's 0.5), "
+        "not calibrated on the user's data. placeholder: an untrained head's 0.5. None in bundles made before it was recorded.",
+    )
     validation: dict[str, Any] = Field(default_factory=dict, description="Metrics measured on the calibration split.")
 
     @model_validator(mode="after")

@@ -25,7 +25,7 @@ def test_manifest_records_parity_within_tolerance(tiny_bundle: Path) -> None:
 
 def test_worker_runtime_matches_pytorch_on_real_photos(tiny_bundle: Path) -> None:
     """The embeddings the worker computes equal the PyTorch encoder's on the same preprocessed photos."""
-    encoder, pre, _ = load_encoder(TINY, None, seed=0)  # same seed as the fixture: same weights
+    encoder, pre, _ = load_encoder(TINY, None, seed=0, random_weights=True)  # same seed as the fixture: same weights
     bundle = LoadedBundle(tiny_bundle)
     pixels = np.stack([clip_input(load_rgb(p), pre) for p in photo_paths()[:6]])
     with torch.no_grad():

@@ -44,7 +44,7 @@ pytestmark = pytest.mark.slow
 def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("detectors")
     make_dataset(root / "data", SynthConfig(seed=0, image_size=224, train_per_class=24, test_per_class=12))
-    embed_dataset(root / "data" / "train", root / "emb", EmbedOptions(arch=TINY, views=True, native_crop=64))
+    embed_dataset(root / "data" / "train", root / "emb", EmbedOptions(arch=TINY, random_weights=True, views=True, native_crop=64))
     bundles = {}
     for name in heads.names():
         bundles[name] = root / "bundles" / name
@@ -54,6 +54,7 @@ def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             methods=[name],
             arch=TINY,
             pretrained=None,
+            random_weights=True,
             profile="small-data",
             overrides=FASTER,
             progress=False,
@@ -102,7 +103,15 @@ def test_manifest_records_method_hyperparameters_data_calibration_and_anomaly_ou
 def test_leave_one_generator_out_detects_the_unseen_generator(bench: dict[str, Path]) -> None:
     out = bench["root"] / "loo"
     train_bundle(
-        out, data=bench["emb"], methods=["linear-probe"], arch=TINY, pretrained=None, profile="small-data", exclude_generators=["diffusion"], progress=False
+        out,
+        data=bench["emb"],
+        methods=["linear-probe"],
+        arch=TINY,
+        pretrained=None,
+        random_weights=True,
+        profile="small-data",
+        exclude_generators=["diffusion"],
+        progress=False,
     )
     manifest = LoadedBundle(out).manifest
     assert "diffusion" not in manifest.heads[0].training["data"]["train"]
@@ -114,7 +123,23 @@ def test_leave_one_generator_out_detects_the_unseen_generator(bench: dict[str, P
 
 def test_cli_ensemble_bundle_and_eval_report_with_robustness(bench: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "ensemble"
-    rc = main(["bundle", str(out), "--data", str(bench["emb"]), "--method", "linear-probe", "--method", "knn", "--profile", "small-data", "--set", "knn.k=5"])
+    rc = main(
+        [
+            "bundle",
+            str(out),
+            "--random-weights",
+            "--data",
+            str(bench["emb"]),
+            "--method",
+            "linear-probe",
+            "--method",
+            "knn",
+            "--profile",
+            "small-data",
+            "--set",
+            "knn.k=5",
+        ]
+    )
     assert rc == 0
     manifest = json.loads((out / "manifest.json").read_text())
     assert [h["method"] for h in manifest["heads"]] == ["linear-probe", "knn"]
@@ -158,7 +183,7 @@ def test_saved_heads_load_into_a_new_bundle_without_retraining(bench: dict[str, 
     crops = np.random.default_rng(1).random((5, 3, 64, 64)).astype(np.float32)
     for name in heads.names():
         out = tmp_path / name
-        rc = main(["bundle", str(out), "--data", str(bench["emb"]), "--head", str(bench["heads"] / f"{name}.pt"), "--target-fpr", "0.05"])
+        rc = main(["bundle", str(out), "--random-weights", "--data", str(bench["emb"]), "--head", str(bench["heads"] / f"{name}.pt"), "--target-fpr", "0.05"])
         assert rc == 0
         assert f"loaded fitted {name}" in capsys.readouterr().out
         original, rebuilt = LoadedBundle(bench[name]), LoadedBundle(out)
@@ -177,7 +202,21 @@ def test_loaded_head_joins_a_trained_one_in_an_ensemble_and_refuses_another_enco
     from export.heads.checkpoint import load_head
 
     out = tmp_path / "mixed"
-    main(["bundle", str(out), "--data", str(bench["emb"]), "--method", "linear-probe", "--head", str(bench["heads"] / "gendet.pt"), "--profile", "small-data"])
+    main(
+        [
+            "bundle",
+            str(out),
+            "--random-weights",
+            "--data",
+            str(bench["emb"]),
+            "--method",
+            "linear-probe",
+            "--head",
+            str(bench["heads"] / "gendet.pt"),
+            "--profile",
+            "small-data",
+        ]
+    )
     manifest = LoadedBundle(out).manifest
     assert [h.method for h in manifest.heads] == ["linear-probe", "gendet"]
     assert "loaded_from" not in manifest.heads[0].training and "loaded_from" in manifest.heads[1].training
@@ -188,9 +227,9 @@ def test_loaded_head_joins_a_trained_one_in_an_ensemble_and_refuses_another_enco
     payload["context"]["encoder_sha256"] = "0" * 64
     torch.save(payload, tmp_path / "other.pt")
     with pytest.raises(SystemExit, match="another encoder"):
-        main(["bundle", str(tmp_path / "x"), "--data", str(bench["emb"]), "--head", str(tmp_path / "other.pt")])
+        main(["bundle", str(tmp_path / "x"), "--random-weights", "--data", str(bench["emb"]), "--head", str(tmp_path / "other.pt")])
     (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
     with pytest.raises(SystemExit, match="not a readable head checkpoint"):
-        main(["bundle", str(tmp_path / "y"), "--data", str(bench["emb"]), "--head", str(tmp_path / "junk.pt")])
+        main(["bundle", str(tmp_path / "y"), "--random-weights", "--data", str(bench["emb"]), "--head", str(tmp_path / "junk.pt")])
     with pytest.raises(SystemExit, match="--head needs --data"):
         main(["bundle", str(tmp_path / "z"), "--head", str(bench["heads"] / "knn.pt")])

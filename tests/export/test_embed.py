@@ -25,7 +25,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_embeddings_match_the_worker_bundle_on_the_same_images(dataset: Path, tmp_path: Path, tiny_bundle: Path) -> None:
     from worker.model.bundle import LoadedBundle
 
-    opts = EmbedOptions(arch=TINY, chunk_size=5, views=True, native_crop=32)
+    opts = EmbedOptions(arch=TINY, random_weights=True, chunk_size=5, views=True, native_crop=32)
     embed_dataset(dataset, tmp_path / "emb", opts)
     data, meta = load_embeddings(tmp_path / "emb")
     assert len(data) == 12 and meta["dim"] == 64
@@ -43,23 +43,23 @@ def test_embeddings_match_the_worker_bundle_on_the_same_images(dataset: Path, tm
 
 def test_shards_merge_to_the_unsharded_result_and_reruns_skip_done_chunks(dataset: Path, tmp_path: Path) -> None:
     whole = tmp_path / "whole"
-    embed_dataset(dataset, whole, EmbedOptions(arch=TINY, chunk_size=4))
+    embed_dataset(dataset, whole, EmbedOptions(arch=TINY, random_weights=True, chunk_size=4))
     split = tmp_path / "split"
-    embed_dataset(dataset, split, EmbedOptions(arch=TINY, chunk_size=4, shard=(1, 2)))
+    embed_dataset(dataset, split, EmbedOptions(arch=TINY, random_weights=True, chunk_size=4, shard=(1, 2)))
     with pytest.raises(SystemExit, match="0/2 not finished"):
         load_embeddings(split)
-    embed_dataset(dataset, split, EmbedOptions(arch=TINY, chunk_size=4, shard=(0, 2)))
+    embed_dataset(dataset, split, EmbedOptions(arch=TINY, random_weights=True, chunk_size=4, shard=(0, 2)))
     a, _ = load_embeddings(whole)
     b, _ = load_embeddings(split)
     assert a.paths == b.paths and np.allclose(a.embeddings, b.embeddings, atol=1e-6)
 
     chunk = sorted((split / "chunks").glob("*.npz"))[0]
     before = chunk.stat().st_mtime_ns
-    embed_dataset(dataset, split, EmbedOptions(arch=TINY, chunk_size=4, shard=(0, 2)))
+    embed_dataset(dataset, split, EmbedOptions(arch=TINY, random_weights=True, chunk_size=4, shard=(0, 2)))
     assert chunk.stat().st_mtime_ns == before  # resumed: nothing recomputed
 
     with pytest.raises(SystemExit, match="other settings"):
-        embed_dataset(dataset, split, EmbedOptions(arch=TINY, chunk_size=4, shard=(0, 2), views=True))
+        embed_dataset(dataset, split, EmbedOptions(arch=TINY, random_weights=True, chunk_size=4, shard=(0, 2), views=True))
 
 
 def test_synth_and_embed_commands(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -69,9 +69,9 @@ def test_synth_and_embed_commands(tmp_path: Path, capsys: pytest.CaptureFixture[
         main(["synth", str(tmp_path / "d"), "--seed", "2", "--image-size", "64", "--train-per-class", "1", "--test-per-class", "1", "--generator", "tconv"])
         == 0
     )
-    assert main(["embed", str(tmp_path / "d" / "train"), str(tmp_path / "e"), "--arch", TINY, "--shard", "0/1", "--native-crop", "32"]) == 0
+    assert main(["embed", str(tmp_path / "d" / "train"), str(tmp_path / "e"), "--arch", TINY, "--random-weights", "--shard", "0/1", "--native-crop", "32"]) == 0
     data, _ = load_embeddings(tmp_path / "e")
     assert len(data) == 2 and data.native is not None and data.native.shape == (2, 3, 32, 32)
     assert (tmp_path / "e" / "s0of1.index.csv").read_text().splitlines()[0] == "path,label,generator,chunk"
     with pytest.raises(SystemExit):
-        main(["embed", str(tmp_path / "d" / "train"), str(tmp_path / "e2"), "--shard", "3/2"])
+        main(["embed", str(tmp_path / "d" / "train"), str(tmp_path / "e2"), "--random-weights", "--shard", "3/2"])

@@ -21,7 +21,7 @@ def _open_clip_transform(image_size: int):  # type: ignore[no-untyped-def]
 
 @pytest.fixture(scope="module")
 def preprocess_cfg():  # type: ignore[no-untyped-def]
-    _, pre, _ = load_encoder(TINY, None)
+    _, pre, _ = load_encoder(TINY, None, random_weights=True)
     return pre
 
 

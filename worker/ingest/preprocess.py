@@ -1,6 +1,19 @@
-"""open_clip's eval transform, reproduced with Pillow and numpy (no torch).
+"""The backbone's preprocessing modes, reproduced with Pillow and numpy (no torch).
 
-open_clip (``image_transform(is_train=False, resize_mode="shortest")``) does:
+A bundle names its mode (``manifest.backbone.preprocess.mode``) and
+:func:`clip_input` dispatches on it, so the worker, ``python -m export embed``
+(hence training) and ``python -m export eval`` all run this one function:
+
+* ``clip``: open_clip's eval transform (below).
+* ``ufd``: UniversalFakeDetect's ``validate.py`` test transform:
+  ``CenterCrop(S)`` on the image at native resolution (no resize), then
+  ``ToTensor`` and ``Normalize``. torchvision's ``CenterCrop`` zero-pads an
+  image smaller than the crop (left/top pad ``(S - w) // 2``, the rest
+  right/bottom) before cropping; :func:`center_crop_or_pad` does the same.
+  Such a bundle never uses JPEG draft decoding (the manifest forbids it), since
+  a DCT-downscaled JPEG would show the crop other pixels.
+
+clip mode: open_clip (``image_transform(is_train=False, resize_mode="shortest")``) does:
 torchvision ``Resize(S, bicubic, antialias)`` on the shortest side, which for a
 Pillow image is ``Image.resize`` with the long side ``int(S * long / short)``;
 ``CenterCrop(S)`` with offsets ``int(round((H - S) / 2))``; ``ToTensor`` (/255)
@@ -53,7 +66,7 @@ def center_crop_box(width: int, height: int, crop: int) -> tuple[int, int, int, 
 
 
 def resize_and_crop(img: Image.Image, cfg: Preprocess) -> Image.Image:
-    """Shortest-side resize then centre crop: the geometric half of the transform."""
+    """clip mode's geometry: shortest-side resize then centre crop."""
     w, h = img.size
     new = resized_size(w, h, cfg.image_size)
     if new[0] * new[1] > MAX_RESIZED_AREA * cfg.image_size * cfg.image_size:
@@ -61,7 +74,7 @@ def resize_and_crop(img: Image.Image, cfg: Preprocess) -> Image.Image:
     if new != (w, h):
         img = img.resize(new, _RESAMPLE[cfg.interpolation])
     if img.size != (cfg.image_size, cfg.image_size):
-        img = _crop_or_pad(img, cfg.image_size)
+        img = center_crop_or_pad(img, cfg.image_size)
     return img
 
 
@@ -90,14 +103,40 @@ def resize_to_crop(img: Image.Image, size: int, resample: Image.Resampling) -> I
     return across.resize((size, size), resample, box=(0, top * sy - y0, size, (top + size) * sy - y0))
 
 
-def _crop_or_pad(img: Image.Image, size: int) -> Image.Image:
-    """CenterCrop; like torchvision, pads with zeros where the image is smaller than the crop."""
+def native_center_crop(img: Image.Image, cfg: Preprocess) -> Image.Image:
+    """ufd mode's geometry: torchvision ``CenterCrop(S)`` at native resolution, no resize."""
+    if img.size == (cfg.image_size, cfg.image_size):
+        return img
+    return center_crop_or_pad(img, cfg.image_size)
+
+
+#: Geometry of each preprocessing mode: RGB image -> S x S RGB image.
+GEOMETRY = {"clip": resize_and_crop, "ufd": native_center_crop}
+
+
+def geometry(img: Image.Image, cfg: Preprocess) -> Image.Image:
+    """The S x S crop the mode ``cfg.mode`` shows the backbone (before normalisation)."""
+    return GEOMETRY[cfg.mode](img, cfg)
+
+
+def center_crop_or_pad(img: Image.Image, size: int) -> Image.Image:
+    """torchvision's CenterCrop: where the image is smaller than the crop, zero-pad first.
+
+    torchvision pads a short axis left/top by ``(size - w) // 2`` and right/bottom
+    by the rest, with fill 0 (black), and crops a long one at
+    ``round((w - size) / 2)`` (:func:`center_crop_box`). Computed per axis on
+    the part of the image that lands in the crop, so a 1,000,000 x 8 image costs
+    a 224 x 8 copy, not a padded 1,000,000 x 224 canvas.
+    """
     w, h = img.size
     if w >= size and h >= size:
         return img.crop(center_crop_box(w, h, size))
-    canvas = Image.new("RGB", (max(w, size), max(h, size)))
-    canvas.paste(img, ((max(w, size) - w) // 2, (max(h, size) - h) // 2))
-    return canvas.crop(center_crop_box(canvas.width, canvas.height, size))
+    left = round((w - size) / 2.0) if w >= size else 0
+    top = round((h - size) / 2.0) if h >= size else 0
+    cw, ch = min(w, size), min(h, size)
+    canvas = Image.new(img.mode, (size, size))
+    canvas.paste(img.crop((left, top, left + cw, top + ch)), ((size - cw) // 2, (size - ch) // 2))
+    return canvas
 
 
 def normalize(rgb: np.ndarray, cfg: Preprocess) -> np.ndarray:
@@ -121,8 +160,8 @@ def normalize(rgb: np.ndarray, cfg: Preprocess) -> np.ndarray:
 
 
 def clip_input(img: Image.Image, cfg: Preprocess) -> np.ndarray:
-    """The backbone's input for one RGB image: float32 (3, S, S)."""
-    return normalize(np.asarray(resize_and_crop(img, cfg)), cfg)
+    """The backbone's input for one RGB image in the bundle's mode: float32 (3, S, S)."""
+    return normalize(np.asarray(geometry(img, cfg)), cfg)
 
 
 def native_crop(img: Image.Image, size: int) -> np.ndarray:

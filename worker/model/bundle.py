@@ -105,6 +105,12 @@ class LoadedBundle:
         self.native_crop_size = self.manifest.native_crop_size
 
     @property
+    def weights_label(self) -> str:
+        """Where the backbone's weights came from (``random``, ``tag:openai``, ``checkpoint:FILE@sha256:...``), for metrics and logs."""
+        weights = self.manifest.backbone.weights
+        return weights.label if weights is not None else "unrecorded"
+
+    @property
     def providers(self) -> list[str]:
         return self.backbone.providers
 

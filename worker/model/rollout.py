@@ -127,9 +127,9 @@ class Rollout:
 
     def _publish_info(self) -> None:
         m = self._models
-        values: dict[tuple[str, ...], float] = {("primary", m.primary.ref.name, m.primary.ref.version, m.primary.sha256): 1.0}
+        values: dict[tuple[str, ...], float] = {("primary", m.primary.ref.name, m.primary.ref.version, m.primary.sha256, m.primary.weights_label): 1.0}
         if m.shadow is not None:
-            values[("shadow", m.shadow.ref.name, m.shadow.ref.version, m.shadow.sha256)] = 1.0
+            values[("shadow", m.shadow.ref.name, m.shadow.ref.version, m.shadow.sha256, m.shadow.weights_label)] = 1.0
         self.metrics.bundle_info.replace(values)
 
     def _run(self) -> None:
