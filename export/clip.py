@@ -100,7 +100,7 @@ def openai_release_hashes() -> dict[str, str]:
         url = open_clip.get_pretrained_url(model, tag)
         parts = url.split("/")
         if "openaipublic" in url and len(parts) >= 2 and len(parts[-2]) == 64:
-            out[parts[-2]] = model
+            out.setdefault(parts[-2], model.removesuffix("-quickgelu"))
     return out
 
 
@@ -215,7 +215,9 @@ def load_strict(module: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
 def _build_openai_layout(arch: str, state: dict[str, torch.Tensor], path: Path) -> torch.nn.Module:
     """open_clip's CLIP for ``arch`` with QuickGELU, loaded strictly from an OpenAI-layout state dict."""
     model = plain_clip(arch, quick_gelu=True, source=str(path))
-    load_strict(model, {k: v for k, v in state.items() if k not in OPENAI_MARKER_KEYS}, str(path), arch)
+    # Buffers the model derives itself (e.g. the text attention mask) appear in a TorchScript state dict; they are not weights.
+    derived = {name for name, _ in model.named_buffers()} - set(model.state_dict())
+    load_strict(model, {k: v for k, v in state.items() if k not in OPENAI_MARKER_KEYS and k not in derived}, str(path), arch)
     return model
 
 
@@ -263,19 +265,26 @@ def _build(arch: str, pretrained: str | None, seed: int, random_weights: bool, a
             raise SystemExit(f"cannot load {path} into --arch {arch}: {exc}") from None
         return model, weights
 
-    if pretrained not in open_clip.list_pretrained_tags_by_model(arch):
-        raise SystemExit(f"--pretrained {pretrained!r} is neither a checkpoint file nor an open_clip tag for {arch}")
-    tag_quick = bool(open_clip.get_pretrained_cfg(arch, pretrained).get("quick_gelu", False))
-    if _config_quick_gelu(arch) and not tag_quick:
-        raise SystemExit(f"open_clip tag {pretrained!r} was trained with GELU but --arch {arch} is a QuickGELU config; use the plain config")
-    weights = Weights(
-        source="tag",
-        tag=pretrained,
-        openai=pretrained == "openai",
-        evidence=f"open_clip tag {pretrained!r} (quick_gelu in its pretrained config)" if tag_quick else None,
-    )
+    weights, tag_quick = plan_tag(arch, pretrained)
     model = open_clip.create_model(arch, pretrained=pretrained, force_quick_gelu=tag_quick)
     return model, weights
+
+
+def plan_tag(arch: str, tag: str) -> tuple[Weights, bool]:
+    """What an open_clip tag means before anything is downloaded: its provenance and whether it needs QuickGELU."""
+    register_project_configs()
+    if tag not in open_clip.list_pretrained_tags_by_model(arch):
+        raise SystemExit(f"--pretrained {tag!r} is neither a checkpoint file nor an open_clip tag for {arch}")
+    tag_quick = bool(open_clip.get_pretrained_cfg(arch, tag).get("quick_gelu", False))
+    if _config_quick_gelu(arch) and not tag_quick:
+        raise SystemExit(f"open_clip tag {tag!r} was trained with GELU but --arch {arch} is a QuickGELU config; use the plain config")
+    weights = Weights(
+        source="tag",
+        tag=tag,
+        openai=tag == "openai",
+        evidence=f"open_clip tag {tag!r} (quick_gelu in its pretrained config)" if tag_quick else None,
+    )
+    return weights, tag_quick
 
 
 def load_encoder(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from export.clip import load_encoder
+from export.clip import inspect_checkpoint, load_encoder
 from export.importers import Importer
 from export.importers.common import ReleasedHead, ReleasedProbe, add_output_arguments, head_path, read_linear, require_file, write_imported
 
@@ -69,13 +69,14 @@ class UFDImporter(Importer):
     def run(self, args: argparse.Namespace) -> int:
         ckpt = require_file(args.clip_checkpoint, "--clip-checkpoint")
         fc = read_linear(require_file(args.fc, "--fc"), "--fc")
-        encoder, preprocess, dim = load_encoder(ARCH, str(ckpt), assume_openai=args.openai_weights, preprocess_mode="ufd")
-        if not encoder.weights.openai:
+        facts, _ = inspect_checkpoint(ckpt)  # refuse before building ViT-L/14 (seconds, gigabytes) from the wrong file
+        if facts.openai_evidence is None and not args.openai_weights:
             raise SystemExit(
                 f"--clip-checkpoint {ckpt} is not recognisably OpenAI's CLIP (not a TorchScript archive of OpenAI's layout, no OpenAI state-dict keys, "
                 "sha256 not one of OpenAI's releases). UFD's probe was trained on OpenAI's ViT-L/14 features; pass OpenAI's ViT-L-14.pt, "
                 "or --openai-weights if this file is a conversion of it"
             )
+        encoder, preprocess, dim = load_encoder(ARCH, str(ckpt), assume_openai=args.openai_weights, preprocess_mode="ufd")
         if fc.in_features != dim:
             raise SystemExit(f"--fc {args.fc} expects {fc.in_features}-d features; {ARCH}'s embedding is {dim}-d")
         head = ReleasedHead(

@@ -84,7 +84,7 @@ def test_metrics_health_readiness_logs_and_backpressure(servers, tiny_bundle: Pa
             assert metric(body, "aigis_stage_seconds_count", stage=stage), stage
         assert metric(body, "aigis_cache_lookups_total", result="hit") == 1
         assert 0 < metric(body, "aigis_cache_hit_ratio") < 0.1
-        assert metric(body, "aigis_bundle_info", role="primary", name="test-tiny", version="0.1.0", sha256=sha) == 1
+        assert metric(body, "aigis_bundle_info", role="primary", name="test-tiny", version="0.1.0", sha256=sha, weights="random") == 1
         assert {metric(body, "aigis_consumer_lag", topic=topics.uploads, partition=str(p)) for p in range(3)} == {0}
         assert metric(body, "aigis_partitions_assigned") == 3
         assert "# TYPE aigis_stage_seconds histogram" in body and 'aigis_batch_size_bucket{le="+Inf"}' in body
