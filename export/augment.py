@@ -35,6 +35,7 @@ Every draw comes from a ``numpy.random.Generator`` seeded per image and copy
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from io import BytesIO
 
 import numpy as np
@@ -83,15 +84,6 @@ def jpeg_round_trip(rgb: np.ndarray, quality: int) -> np.ndarray:
         return np.asarray(img.convert("RGB"))
 
 
-def _random_crop(img: Image.Image, size: int, rng: np.random.Generator) -> Image.Image:
-    """torchvision ``RandomCrop(size)``: a uniformly placed size x size window (zero-padded first if the image is smaller)."""
-    if img.width < size or img.height < size:
-        img = _pad_to(img, size)
-    top = int(rng.integers(0, img.height - size + 1))
-    left = int(rng.integers(0, img.width - size + 1))
-    return img.crop((left, top, left + size, top + size))
-
-
 def _pad_to(img: Image.Image, size: int) -> Image.Image:
     """Zero padding as torchvision's CenterCrop places it: left/top (size - side) // 2, the rest right/bottom."""
     canvas = Image.new(img.mode, (max(img.width, size), max(img.height, size)))
@@ -99,8 +91,8 @@ def _pad_to(img: Image.Image, size: int) -> Image.Image:
     return canvas
 
 
-def _working_scale(img: Image.Image, pre: Preprocess, spec: AugmentSpec) -> Image.Image:
-    """Step 1: UFD's resize to load_size (ufd mode) or the clip mode's own shortest-side resize (without its crop)."""
+def working_scale(img: Image.Image, pre: Preprocess, spec: AugmentSpec) -> Image.Image:
+    """Step 1: UFD's resize to load_size (ufd mode) or the clip mode's own shortest-side resize (without its crop). Idempotent."""
     if pre.mode == "ufd":
         if not spec.load_size:
             return img
@@ -112,20 +104,52 @@ def _working_scale(img: Image.Image, pre: Preprocess, spec: AugmentSpec) -> Imag
     return img.resize(new, Image.Resampling.BICUBIC if pre.interpolation == "bicubic" else Image.Resampling.BILINEAR)
 
 
-def augmented_image(img: Image.Image, pre: Preprocess, rng: np.random.Generator, spec: AugmentSpec | None = None) -> Image.Image:
-    """One draw of UFD's training transform up to (not including) ToTensor/Normalize: an S x S RGB image."""
-    spec = spec or AugmentSpec()
-    rgb = np.asarray(_working_scale(img, pre, spec).convert("RGB"))
+@dataclass(frozen=True)
+class Draw:
+    """One draw of the random choices, in UFD's order: blur (p, sigma), JPEG (p, quality), crop position, flip."""
+
+    blur_sigma: float | None
+    jpeg_quality: int | None
+    top: int
+    left: int
+    flip: bool
+
+
+def draw(size: tuple[int, int], crop: int, rng: np.random.Generator, spec: AugmentSpec) -> Draw:
+    """The random choices for an image of ``size`` (w, h) at the working scale."""
+    sigma = None
     if rng.random() < spec.blur_prob:
         lo, hi = spec.blur_sigma
-        rgb = gaussian_blur(rgb, float(rng.random() * (hi - lo) + lo))
+        sigma = float(rng.random() * (hi - lo) + lo)
+    quality = None
     if rng.random() < spec.jpeg_prob:
-        lo_q, hi_q = spec.jpeg_quality
-        rgb = jpeg_round_trip(rgb, int(rng.integers(lo_q, hi_q + 1)))
-    out = _random_crop(Image.fromarray(rgb), pre.image_size, rng)
-    if rng.random() < spec.flip_prob:
-        out = out.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-    return out
+        quality = int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1))
+    w, h = max(size[0], crop), max(size[1], crop)
+    top = int(rng.integers(0, h - crop + 1))
+    left = int(rng.integers(0, w - crop + 1))
+    return Draw(sigma, quality, top, left, bool(rng.random() < spec.flip_prob))
+
+
+def apply(img: Image.Image, pre: Preprocess, d: Draw, spec: AugmentSpec) -> Image.Image:
+    """UFD's training transform with the choices ``d`` fixed, up to (not including) ToTensor/Normalize: an S x S RGB image."""
+    rgb = np.asarray(working_scale(img, pre, spec).convert("RGB"))
+    if d.blur_sigma is not None:
+        rgb = gaussian_blur(rgb, d.blur_sigma)
+    if d.jpeg_quality is not None:
+        rgb = jpeg_round_trip(rgb, d.jpeg_quality)
+    out = Image.fromarray(rgb)
+    size = pre.image_size
+    if out.width < size or out.height < size:
+        out = _pad_to(out, size)
+    out = out.crop((d.left, d.top, d.left + size, d.top + size))
+    return out.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if d.flip else out
+
+
+def augmented_image(img: Image.Image, pre: Preprocess, rng: np.random.Generator, spec: AugmentSpec | None = None) -> Image.Image:
+    """One random draw of UFD's training transform: an S x S RGB image."""
+    spec = spec or AugmentSpec()
+    scaled = working_scale(img, pre, spec)
+    return apply(scaled, pre, draw(scaled.size, pre.image_size, rng, spec), spec)  # working_scale is idempotent: apply's own call is a no-op
 
 
 def augmented_input(img: Image.Image, pre: Preprocess, rng: np.random.Generator, spec: AugmentSpec | None = None) -> np.ndarray:
@@ -133,4 +157,4 @@ def augmented_input(img: Image.Image, pre: Preprocess, rng: np.random.Generator,
     return normalize(np.asarray(augmented_image(img, pre, rng, spec)), pre)
 
 
-__all__ = ["AugmentSpec", "augmented_image", "augmented_input", "copy_rng", "gaussian_blur", "jpeg_round_trip"]
+__all__ = ["AugmentSpec", "Draw", "apply", "augmented_image", "augmented_input", "copy_rng", "draw", "gaussian_blur", "jpeg_round_trip", "working_scale"]
