@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -157,9 +157,9 @@ def write_bundle(
     return manifest
 
 
-def uncalibrated(source: str = "placeholder") -> Calibration:
+def uncalibrated(source: Literal["placeholder", "paper"] = "placeholder") -> Calibration:
     """0.5, no band, flagged uncalibrated: an untrained head's placeholder, or a published detector's own threshold (``source="paper"``)."""
-    return Calibration(threshold=0.5, uncertain_low=0.5, uncertain_high=0.5, target_fpr=None, calibrated=False, threshold_source=source)  # type: ignore[arg-type]
+    return Calibration(threshold=0.5, uncertain_low=0.5, uncertain_high=0.5, target_fpr=None, calibrated=False, threshold_source=source)
 
 
 def write_placeholder_bundle(

@@ -4,8 +4,9 @@ A paper that releases its trained weights can be served as the authors ran it:
 the importer rebuilds the paper's inference (backbone, activation,
 preprocessing, head) from the released files, exports it like any bundle
 (ONNX, parity checks, sha256 pins) and records the paper's own threshold,
-marked uncalibrated (``calibration.threshold_source: paper``). It also writes
-the head as a checkpoint, so that
+marked uncalibrated (``calibration.threshold_source: paper``). Where the
+encoder can be rebuilt from a checkpoint file by ``embed --pretrained`` (ufd),
+it also writes the head as a checkpoint, so that
 
     python -m export embed DATA EMB --pretrained CKPT --preprocess MODE
     python -m export bundle OUT2 --data EMB --head OUT.head.pt --pretrained CKPT

@@ -15,8 +15,9 @@ PAPER = "Ojha et al., Towards Universal Fake Image Detectors that Generalize Acr
 OPENAI_VIT_L14_SHA256 = "b8cca3fd41ae0c99ba7e8951adf17d267cdb84cd88be6f7c2e0eca1737a03836"
 
 DESCRIPTION = f"""\
-Serve UniversalFakeDetect (UFD; {PAPER}) from its released files, as its own
-validate.py runs it (WisconsinAIVision/UniversalFakeDetect, MIT licence):
+Serve UniversalFakeDetect (UFD) from its released files, as its own validate.py
+runs it (WisconsinAIVision/UniversalFakeDetect, MIT licence).
+Paper: {PAPER}.
 
   backbone    OpenAI CLIP ViT-L/14 image encoder, QuickGELU, encode_image: the 768-d
               projected feature, not normalised
