@@ -179,6 +179,14 @@ def _config_quick_gelu(arch: str) -> bool:
     return bool((open_clip.get_model_config(arch) or {}).get("quick_gelu", False))
 
 
+def image_tower(model: torch.nn.Module) -> torch.nn.Module:
+    """``model.visual``, typed (``nn.Module.__getattr__`` is typed Tensor | Module)."""
+    visual = model.visual
+    if not isinstance(visual, torch.nn.Module):
+        raise TypeError(f"{type(model).__name__} has no image tower")
+    return visual
+
+
 def plain_clip(arch: str, quick_gelu: bool, source: str) -> torch.nn.Module:
     """open_clip's ``CLIP`` class for ``arch``, built directly because weights are loaded into it right after.
 
@@ -225,7 +233,7 @@ def encoder_from_visual_state(arch: str, visual: dict[str, torch.Tensor], weight
     """An :class:`ImageEncoder` from the image tower's weights alone (open_clip names without the ``visual.`` prefix)."""
     register_project_configs()
     model = plain_clip(arch, quick_gelu=quick_gelu, source=source)
-    load_strict(model.visual, visual, source, arch)
+    load_strict(image_tower(model), visual, source, arch)
     return ImageEncoder(model.eval(), weights).eval()
 
 
@@ -256,7 +264,7 @@ def _build(arch: str, pretrained: str | None, seed: int, random_weights: bool, a
             raise SystemExit(f"{path} is a TorchScript archive without OpenAI's CLIP layout; export its state dict with torch.save instead")
         if state and all(k.startswith("visual.") for k in state):  # the image tower alone (all the worker serves)
             model = plain_clip(arch, quick_gelu=assume_openai, source=str(path))
-            load_strict(model.visual, {k[len("visual.") :]: v for k, v in state.items()}, str(path), arch)
+            load_strict(image_tower(model), {k[len("visual.") :]: v for k, v in state.items()}, str(path), arch)
             return model, weights
         del state
         try:
@@ -311,8 +319,8 @@ def load_encoder(
     encoder = ImageEncoder(model, weights).eval()
     if weights.openai and encoder.activation != "quick_gelu":
         raise SystemExit(f"internal error: OpenAI weights ({weights.evidence}) built without QuickGELU; refusing to embed with the wrong activation")
-    pp = getattr(model.visual, "preprocess_cfg", {}) or {}
-    size = pp.get("size", model.visual.image_size)
+    pp = getattr(encoder.visual, "preprocess_cfg", {}) or {}
+    size = pp.get("size", getattr(encoder.visual, "image_size", 224))
     size = size[0] if isinstance(size, (tuple, list)) else int(size)
     mean = tuple(pp.get("mean", open_clip.OPENAI_DATASET_MEAN))
     std = tuple(pp.get("std", open_clip.OPENAI_DATASET_STD))

@@ -203,7 +203,10 @@ class WorkerMetrics:
         )
         self.inference_retries = Counter(r, "aigis_inference_retries_total", "Inference chunks that failed and were split.")
         self.bundle_info = ReplacedGauge(
-            r, "aigis_bundle_info", "Loaded bundles (value 1), by role; weights: where the backbone's weights came from.", ["role", "name", "version", "sha256", "weights"]
+            r,
+            "aigis_bundle_info",
+            "Loaded bundles (value 1), by role; weights: where the backbone's weights came from.",
+            ["role", "name", "version", "sha256", "weights"],
         )
         self.bundle_reloads = Counter(r, "aigis_bundle_reloads_total", "Hot-swap attempts by result.", ["result"])
         self.decode_abandoned = Gauge(r, "aigis_decode_threads_abandoned", "Decode threads still busy on an item that hit the decode time limit.")
