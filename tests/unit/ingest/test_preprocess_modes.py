@@ -73,3 +73,12 @@ def test_ufd_never_allows_draft_decoding() -> None:
 def test_manifests_without_a_mode_are_clip() -> None:
     old = Preprocess.model_validate({"image_size": 224, "resize_mode": "shortest", "interpolation": "bicubic", "mean": MEAN, "std": STD, "allow_draft": True})
     assert old.mode == "clip"
+
+
+def test_ufd_crop_of_an_extreme_aspect_ratio_copies_only_the_crop() -> None:
+    """A 200,000 x 4 strip: the result is the centre 8 columns, padded; no 200,000 x 8 canvas is built."""
+    strip = Image.fromarray(np.tile(np.arange(200_000, dtype=np.uint32)[None, :, None] % 251, (4, 1, 3)).astype(np.uint8))
+    out = np.asarray(center_crop_or_pad(strip, 8))
+    left = round((200_000 - 8) / 2)
+    assert np.array_equal(out[2:6], np.asarray(strip)[:, left : left + 8])
+    assert not out[:2].any() and not out[6:].any()
