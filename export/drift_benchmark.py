@@ -400,7 +400,9 @@ def run(args: argparse.Namespace) -> int:
     crops = sorted({m.crop_size for m in built if "native_crop" in m.inputs and m.crop_size})
     emb = out / "embeddings"
     embed_dataset(
-        data / "train", emb, EmbedOptions(arch=args.arch, seed=args.seed, views=any(m == "ntf" for m in methods), native_crop=crops[0] if crops else None)
+        data / "train",
+        emb,
+        EmbedOptions(arch=args.arch, seed=args.seed, random_weights=True, views=any(m == "ntf" for m in methods), native_crop=crops[0] if crops else None),
     )
     bundles = {"all": out / "bundles" / "all", **{g: out / "bundles" / f"without-{g}" for g in unseen}}
     for key, path in bundles.items():
@@ -413,6 +415,7 @@ def run(args: argparse.Namespace) -> int:
             methods=methods,
             arch=args.arch,
             pretrained=None,
+            random_weights=True,  # a functional benchmark of the drift statistics, on the tiny random-weight config
             seed=args.seed,
             profile=args.profile,
             exclude_generators=None if key == "all" else [key],

@@ -43,8 +43,8 @@ pytestmark = pytest.mark.slow
 def bench(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("monitoring")
     make_dataset(root / "data", SynthConfig(seed=0, image_size=224, train_per_class=24, test_per_class=12))
-    embed_dataset(root / "data" / "train", root / "emb", EmbedOptions(arch=TINY))
-    common = {"data": root / "emb", "arch": TINY, "pretrained": None, "profile": "small-data", "progress": False}
+    embed_dataset(root / "data" / "train", root / "emb", EmbedOptions(arch=TINY, random_weights=True))
+    common = {"data": root / "emb", "arch": TINY, "pretrained": None, "random_weights": True, "profile": "small-data", "progress": False}
     train_bundle(root / "lp", methods=["linear-probe"], **common)  # type: ignore[arg-type]
     train_bundle(root / "gd", methods=["gendet"], overrides={"gendet": {"rotations": 3, "teacher_epochs": 5, "classifier_epochs": 5}}, **common)  # type: ignore[arg-type]
     train_bundle(root / "loo", methods=["linear-probe"], exclude_generators=["tconv"], **common)  # type: ignore[arg-type]
