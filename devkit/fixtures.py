@@ -68,6 +68,15 @@ def monitored_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
     root = tmp_path_factory.mktemp("monitored")
     make_dataset(root / "data", SynthConfig(seed=3, image_size=224, train_per_class=24, test_per_class=8))
-    embed_dataset(root / "data" / "train", root / "emb", EmbedOptions(arch="aigis-tiny"))
-    train_bundle(root / "bundle", methods=["linear-probe"], data=root / "emb", arch="aigis-tiny", pretrained=None, profile="small-data", progress=False)
+    embed_dataset(root / "data" / "train", root / "emb", EmbedOptions(arch="aigis-tiny", random_weights=True))
+    train_bundle(
+        root / "bundle",
+        methods=["linear-probe"],
+        data=root / "emb",
+        arch="aigis-tiny",
+        pretrained=None,
+        random_weights=True,
+        profile="small-data",
+        progress=False,
+    )
     return root / "bundle"
