@@ -180,7 +180,9 @@ def test_attribution_eval_per_family_accuracy_confusion_matrix_and_open_set_rate
 
 def test_cli_bundle_without_monitoring_and_eval_reports_attribution(bench: dict[str, Path], tmp_path: Path) -> None:
     out = tmp_path / "plain"
-    assert main(["bundle", str(out), "--random-weights", "--data", str(bench["emb"]), "--profile", "small-data", "--no-drift-reference", "--no-attribution"]) == 0
+    assert (
+        main(["bundle", str(out), "--random-weights", "--data", str(bench["emb"]), "--profile", "small-data", "--no-drift-reference", "--no-attribution"]) == 0
+    )
     m = LoadedBundle(out).manifest
     assert m.drift is None and m.attribution is None and set(m.files) == {"backbone.onnx", "head-linear-probe.onnx"}
     report = tmp_path / "report"
