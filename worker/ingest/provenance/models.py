@@ -71,8 +71,10 @@ class ProvenanceLimits:
     max_c2pa_bytes: int = 8 * 1024 * 1024
     #: Images with fewer pixels are not checked for the watermark (the reference decoder refuses under 256 x 256).
     watermark_min_pixels: int = 256 * 256
-    #: 8x8 tiles the watermark decoder reads at most (spread over the image); bounds its cost on large images.
-    watermark_max_tiles: int = 16_384
+    #: 8x8 tiles the watermark decoder reads first (spread over the image); most unmarked images are settled by them.
+    watermark_probe_tiles: int = 512
+    #: 8x8 tiles the decoder reads at most, when the first look is promising; bounds its cost on large images.
+    watermark_max_tiles: int = 4096
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from export.photos import load_rgb, photo_paths
 from schemas.provenance import SignalStatus, Strength, WatermarkSignal
 from worker.ingest.decode import DecodeLimits, decode_image
 from worker.ingest.provenance import ProvenanceLimits, read_provenance
-from worker.ingest.provenance.watermark import MATCH_AGREEMENT, PAYLOADS, _undo_orientation, band_rows, read_watermark, score
+from worker.ingest.provenance.watermark import MATCH_AGREEMENT, PAYLOADS, _undo_orientation, read_watermark, score, tile_windows
 
 LIMITS = ProvenanceLimits()
 
@@ -132,14 +132,28 @@ def test_large_images_read_a_bounded_number_of_tiles() -> None:
     marked = Image.fromarray(embed(rgb, "sd1"))
     sig = read_watermark(marked, None, ProvenanceLimits(watermark_max_tiles=8192))
     assert sig.payload == "sd1" and sig.tiles is not None and 4096 <= sig.tiles <= 8192
+    unmarked = read_watermark(Image.fromarray(rgb), None, LIMITS)
+    assert unmarked.status is SignalStatus.absent and unmarked.tiles == LIMITS.watermark_probe_tiles  # settled by the first look
 
 
-def test_band_layout_spreads_bands_and_respects_the_cap() -> None:
-    assert band_rows(10, 10, 1000) == [(0, 10)]
-    bands = band_rows(375, 504, 16_384)  # a 12 MP photo: 375 tile rows of 504 tiles
-    assert sum(b - a for a, b in bands) * 504 <= 16_384
-    assert bands[0][0] == 0 and bands[-1][1] == 375 and len(bands) == 8
-    assert all(b1 <= a2 for (_, b1), (a2, _) in itertools.pairwise(bands))
+def test_marked_wide_image_with_a_flat_band_is_still_found() -> None:
+    """A first look confined to one tile row of a wide image could land in a flat area; windows spread across it."""
+    rgb = photos()[0].copy()
+    rgb = np.ascontiguousarray(np.concatenate([rgb, rgb, rgb, rgb, rgb], axis=1))  # 5x as wide as tall
+    rgb[rgb.shape[0] // 2 - 40 : rgb.shape[0] // 2 + 40] = 128  # a flat grey stripe across the middle
+    sig = read_watermark(Image.fromarray(embed(rgb, "sdxl")), None, LIMITS)
+    assert sig.payload == "sdxl", sig
+
+
+def test_windows_spread_and_respect_the_cap() -> None:
+    assert tile_windows(10, 10, 1000) == [(0, 10, 0, 10)]
+    windows = tile_windows(378, 504, 4096)  # a 12 MP photo (4032 x 3024): 378 tile rows of 504 tiles
+    assert sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in windows) <= 4096 and len(windows) == 8
+    assert windows[0][0] == 0 and windows[-1][1] == 378
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(windows))  # no two windows share a tile row
+    probe = tile_windows(378, 504, 512)
+    assert len({c0 for _, _, c0, _ in probe}) > 1  # small windows zig-zag across the width
+    assert len({(r1 - r0, c1 - c0) for r0, r1, c0, c1 in probe}) == 1  # one size: they stack into one array
 
 
 def test_score_counts_majority_bit_errors_like_the_reference_decoder() -> None:
@@ -156,3 +170,27 @@ def test_non_rgb_input_is_not_checked() -> None:
     assert read_watermark(Image.new("L", (300, 300)), None, LIMITS).status is SignalStatus.not_checked
     assert read_watermark(np.zeros((300, 300), np.uint8), None, LIMITS).status is SignalStatus.not_checked
     assert read_watermark(None, None, LIMITS).status is SignalStatus.not_checked
+
+
+def test_haar_ll_is_bit_for_bit_pywavelets() -> None:
+    """The decoder's LL band is the reference decoder's pywt.dwt2 result exactly (ties at the 18/36 boundary depend on the last bit)."""
+    import pywt
+
+    from worker.ingest.provenance.watermark import haar_ll, u_plane
+
+    rng = np.random.default_rng(3)
+    for h, w in ((8, 8), (64, 200), (512, 384)):
+        plane = u_plane(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).astype(np.float64)
+        assert np.array_equal(haar_ll(plane), pywt.dwt2(plane, "haar")[0])
+
+
+def test_u_plane_is_opencvs_fixed_point_formula_for_every_colour() -> None:
+    """The float32 evaluation equals the integer formula (OpenCV's 8-bit BGR->YUV U): every B with R, G on a grid incl. 0 and 255."""
+    from worker.ingest.provenance.watermark import u_plane
+
+    levels = np.unique(np.r_[np.arange(0, 256, 3), 255])
+    r, g, b = (c.astype(np.int32) for c in np.meshgrid(levels, levels, np.arange(256), indexing="ij"))
+    y = (r * 4899 + g * 9617 + b * 1868 + (1 << 13)) >> 14
+    expected = np.clip(((b - y) * 8061 + (128 << 14) + (1 << 13)) >> 14, 0, 255)
+    rgb = np.stack([r, g, b], axis=-1).astype(np.uint8)
+    assert np.array_equal(u_plane(rgb), expected)
