@@ -29,8 +29,8 @@ def _yuv(rgb: np.ndarray, domain: str) -> tuple[np.ndarray, np.ndarray, np.ndarr
         v = ((r - y) * 14369 + (128 << 14) + (1 << 13)) >> 14  # 0.877 * 2**14
         return y.astype(np.float64), u_plane(rgb).astype(np.float64), np.clip(v, 0, 255).astype(np.float64), 128.0
     f = rgb.astype(np.float64)
-    y = 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
-    return y, u_plane_f32(rgb).astype(np.float64), (f[..., 0] - y) * 0.877 + 0.5, 0.5
+    yf = 0.299 * f[..., 0] + 0.587 * f[..., 1] + 0.114 * f[..., 2]
+    return yf, u_plane_f32(rgb).astype(np.float64), (f[..., 0] - yf) * 0.877 + 0.5, 0.5
 
 
 def embed(rgb: np.ndarray, payload: str | np.ndarray = "sdxl", step: int = STEP, domain: str | None = None) -> np.ndarray:

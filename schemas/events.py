@@ -175,7 +175,9 @@ class VerdictEvent(_Event):
     content_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the image bytes that were scored.")
     label: Label = Field(description="What downstream acts on: model_label, or ai_generated when decisive provenance evidence decided.")
     score: float = Field(ge=0.0, le=1.0, description="The model's probability that the image is AI-generated (fused over heads); never changed by provenance.")
-    model_label: Label = Field(description="The label the model's score alone gives under the bundle's thresholds.")
+    # Filled from `label` when a model-decided verdict is built without it (the before-validator below); the factory only
+    # gives the field a default for type checkers and never shows in the JSON Schema.
+    model_label: Label = Field(default_factory=lambda: Label.uncertain, description="The label the model's score alone gives under the bundle's thresholds.")
     decided_by: DecidedBy = Field(DecidedBy.model, description="model: label == model_label; provenance: decisive provenance evidence set the label.")
     provenance: Provenance = Field(default_factory=Provenance.not_read, description="The provenance signals read for this upload.")
     thresholds: Thresholds
@@ -196,9 +198,12 @@ class VerdictEvent(_Event):
     @model_validator(mode="before")
     @classmethod
     def _model_label_defaults_to_label(cls, data: object) -> object:
-        """A verdict the model decided needs no separate model_label (``label`` is it)."""
-        if isinstance(data, dict) and "model_label" not in data and data.get("decided_by", DecidedBy.model) in (DecidedBy.model, "model"):
-            data = {**data, "model_label": data.get("label")}
+        """A verdict the model decided needs no separate model_label (``label`` is it); one provenance decided must give it."""
+        if isinstance(data, dict) and "model_label" not in data:
+            if data.get("decided_by", DecidedBy.model) in (DecidedBy.model, "model"):
+                data = {**data, "model_label": data.get("label")}
+            else:
+                raise ValueError("model_label is required when provenance decided the label")
         return data
 
     @model_validator(mode="after")

@@ -134,3 +134,10 @@ def test_verdict_json_schema_lists_every_field_as_required() -> None:
     doc = json.loads((SCHEMA_DIR / "verdict_event.schema.json").read_text())
     assert set(doc["required"]) == set(VerdictEvent.model_fields)
     assert {"C2paSignal", "IptcSignal", "GeneratorSignal", "WatermarkSignal", "Provenance"} <= set(doc["$defs"])
+
+
+def test_provenance_decided_verdict_must_carry_the_model_label() -> None:
+    wm = {"kind": "watermark", "status": "found", "strength": "watermark", "ai_declared": True}
+    prov = {"policy": "decide", "signals": [wm], "decisive": ["watermark"]}
+    with pytest.raises(ValidationError, match="model_label is required"):
+        VerdictEvent.model_validate(_verdict_doc(label="ai_generated", decided_by="provenance", provenance=prov))

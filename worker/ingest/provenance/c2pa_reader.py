@@ -117,8 +117,10 @@ def _codes(results: object, key: str) -> list[str]:
 
 
 def _signal(state: str | None, store: dict[str, Any], trust: TrustList | None) -> C2paSignal:
-    manifests = store.get("manifests") if isinstance(store.get("manifests"), dict) else {}
-    manifest = manifests.get(store.get("active_manifest")) if isinstance(store.get("active_manifest"), str) else None
+    found = store.get("manifests")
+    manifests: dict[str, Any] = found if isinstance(found, dict) else {}
+    label = store.get("active_manifest")
+    manifest = manifests.get(label) if isinstance(label, str) else None
     if not isinstance(manifest, dict):
         return C2paSignal(status=SignalStatus.unreadable, detail="manifest store has no active manifest")
     results = store.get("validation_results")
@@ -131,7 +133,8 @@ def _signal(state: str | None, store: dict[str, Any], trust: TrustList | None) -
         strength = Strength.claimed
     else:
         strength = Strength.verified if trusted else Strength.signed
-    sig = manifest.get("signature_info") if isinstance(manifest.get("signature_info"), dict) else {}
+    info = manifest.get("signature_info")
+    sig: dict[str, Any] = info if isinstance(info, dict) else {}
     dsts = _digital_source_types(manifest)
     ingredients = manifest.get("ingredients")
     return C2paSignal(

@@ -189,10 +189,10 @@ def _match(c: _Compiled, name: str, text: str, fields: dict[str, TextField]) -> 
                 return True, m
         return True, None
     # comfyui_workflow
-    nodes = doc.get("nodes") if isinstance(doc, dict) else None
-    if not isinstance(nodes, list) or not any(isinstance(n, dict) and "type" in n for n in nodes):
+    graph = doc.get("nodes") if isinstance(doc, dict) else None
+    if not isinstance(graph, list) or not any(isinstance(n, dict) and "type" in n for n in graph):
         return False, None
-    for n in nodes:
+    for n in graph:
         if not isinstance(n, dict):
             continue
         index = r.loaders.get(str(n.get("type")))

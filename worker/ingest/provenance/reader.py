@@ -39,7 +39,7 @@ from worker.ingest.provenance.xmp import iptc_signal, parse_packets
 
 DEFAULT_LIMITS = ProvenanceLimits()
 _METADATA_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
-_KINDS: tuple[type[Signal], ...] = (C2paSignal, IptcSignal, GeneratorSignal, WatermarkSignal)  # type: ignore[assignment]
+_KINDS = (C2paSignal, IptcSignal, GeneratorSignal, WatermarkSignal)
 
 
 def _guard(kind: type[Signal], fn: Callable[[], Signal]) -> Signal:
@@ -47,7 +47,7 @@ def _guard(kind: type[Signal], fn: Callable[[], Signal]) -> Signal:
     try:
         return fn()
     except Exception as exc:
-        return kind(status=SignalStatus.unreadable, detail=f"reader failed: {type(exc).__name__}")  # type: ignore[call-arg]
+        return kind(status=SignalStatus.unreadable, detail=f"reader failed: {type(exc).__name__}")
 
 
 def read_provenance(
@@ -65,7 +65,7 @@ def read_provenance(
     """
     if len(data) > limits.max_bytes:
         why = f"file is {len(data)} bytes, over the provenance limit of {limits.max_bytes}"
-        return ProvenanceReading(tuple(k(status=SignalStatus.not_checked, detail=why) for k in _KINDS))  # type: ignore[call-arg]
+        return ProvenanceReading(tuple(k(status=SignalStatus.not_checked, detail=why) for k in _KINDS))
     try:
         container = walk(data, limits, TEXT_KEYS)
     except Exception as exc:  # the walk catches what it expects; anything else must not cost the upload
