@@ -54,6 +54,12 @@ def sniff(data: bytes) -> str | None:
         return "GIF"
     if data[:2] == b"BM":
         return "BMP"
+    if data[4:8] == b"ftyp":
+        brand = data[8:12]
+        if brand in (b"avif", b"avis"):
+            return "AVIF"
+        if brand in (b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"):
+            return "HEIF"
     return None
 
 

@@ -39,6 +39,8 @@ from worker.ingest.provenance.xmp import iptc_signal, parse_packets
 
 DEFAULT_LIMITS = ProvenanceLimits()
 _METADATA_FORMATS = ("JPEG", "PNG", "WEBP", "TIFF")
+#: Formats the decode step accepts whose containers this stage does not walk yet (lossy or not, orientation, metadata).
+_UNPARSED_CONTAINERS = ("AVIF", "HEIF")
 _KINDS = (C2paSignal, IptcSignal, GeneratorSignal, WatermarkSignal)
 
 
@@ -82,5 +84,8 @@ def read_provenance(
         why = f"{container.format or 'unrecognised'} files are not scanned for metadata"
         signals += [C2paSignal(status=SignalStatus.not_checked, detail=why), IptcSignal(status=SignalStatus.not_checked, detail=why)]
         signals.append(GeneratorSignal(status=SignalStatus.not_checked, detail=why))
-    signals.append(_guard(WatermarkSignal, lambda: read_watermark(image, container if container.format else None, limits)))
+    if container.format in _UNPARSED_CONTAINERS:
+        signals.append(WatermarkSignal(status=SignalStatus.not_checked, detail=f"{container.format} containers are not parsed by the provenance stage"))
+    else:
+        signals.append(_guard(WatermarkSignal, lambda: read_watermark(image, container if container.format else None, limits)))
     return ProvenanceReading(tuple(signals))

@@ -80,3 +80,12 @@ def test_a_reader_that_raises_costs_only_its_own_signal() -> None:
 
     sig = _guard(C2paSignal, broken)
     assert sig.status is SignalStatus.unreadable and sig.detail == "reader failed: RuntimeError"
+
+
+def test_avif_and_heif_are_named_and_not_checked() -> None:
+    from devkit import corpus
+
+    for fmt in ("AVIF", "HEIF"):
+        data = corpus.heif_single(fmt)
+        reading = read_provenance(data, image=decode_image(data, DecodeLimits()).image)
+        assert all(s.status is SignalStatus.not_checked and fmt in (s.detail or "") for s in reading.signals), reading
