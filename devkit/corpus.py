@@ -445,3 +445,207 @@ def heif_declared_size(fmt: str, width: int, height: int) -> bytes:
     at = data.index(b"ispe") + 8
     data[at : at + 8] = struct.pack(">II", width, height)
     return bytes(data)
+
+
+# -- provenance metadata (C2PA / JUMBF, XMP, text chunks, EXIF) --------------------------------------------------
+#
+# Every file below is a decodable image (Pillow opens and decodes it within the
+# worker's decode limits) whose *metadata* is hostile, so a worker must give it
+# a verdict with the affected provenance signal "unreadable", never a dead
+# letter. They are sized against worker.ingest.provenance.ProvenanceLimits'
+# defaults (512 KiB per text chunk, 2 MiB of text per file, 1 MiB per XMP
+# packet, 64 levels of XML, 8192 chunks, 8 MiB of C2PA manifest store).
+
+
+def _photo_png(width: int = 64, height: int = 48) -> bytes:
+    return save(noise_image(width, height, seed=5), "PNG")
+
+
+def _after_ihdr(png: bytes, chunks: list[bytes]) -> bytes:
+    end = 8 + 12 + struct.unpack(">I", png[8:12])[0]
+    return png[:end] + b"".join(chunks) + png[end:]
+
+
+def png_text_bomb(keyword: str = "parameters", inflated: int = 900 * 1024, chunks: int = 1, kind: bytes = b"zTXt") -> bytes:
+    """A PNG whose zTXt/iTXt chunks under a keyword provenance reads each inflate to ``inflated`` bytes.
+
+    900 KiB stays under Pillow's 1 MiB per-chunk cap (so the image decodes) and
+    over provenance's 512 KiB; many such chunks exhaust the 2 MiB text budget.
+    """
+    bomb = zlib.compress(b"Steps: 1, " * (inflated // 10), 9)
+    key = keyword.encode("latin-1")
+    body = key + b"\x00\x00" + bomb if kind == b"zTXt" else key + b"\x00\x01\x00\x00\x00" + bomb
+    return _after_ihdr(_photo_png(), [png_chunk(kind, body) for _ in range(chunks)])
+
+
+def png_xmp_bomb(inflated: int = 64 * 1024 * 1024) -> bytes:
+    """A compressed iTXt XMP packet that inflates to ``inflated`` bytes (64 MiB: Pillow refuses it too, so it is not decodable)."""
+    packet = b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + b" " * inflated + b"</x:xmpmeta>"
+    return _after_ihdr(_photo_png(), [png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + zlib.compress(packet, 9))])
+
+
+def xmp_billion_laughs() -> bytes:
+    """The classic entity-expansion packet (10 levels x 10 references = 10**10 'lol's if expanded)."""
+    ents = '<!ENTITY lol "lol">' + "".join(f'<!ENTITY lol{i} "{("&lol" + (str(i - 1) if i > 1 else "") + ";") * 10}">' for i in range(1, 10))
+    return (
+        f'<?xml version="1.0"?><!DOCTYPE x:xmpmeta [{ents}]><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/" Iptc4xmpExt:DigitalSourceType="&lol9;"/>'
+        "</rdf:RDF></x:xmpmeta>"
+    ).encode()
+
+
+def xmp_external_entity(path: str = "/etc/passwd") -> bytes:
+    """A packet whose digital source type is an external entity (XXE): a parser that resolves it reads a local file."""
+    return (
+        f'<?xml version="1.0"?><!DOCTYPE x:xmpmeta [<!ENTITY xxe SYSTEM "file://{path}">]><x:xmpmeta xmlns:x="adobe:ns:meta/">'
+        '<rdf:RDF xmlns:rdf="http://www.w3.org/1999/02/22-rdf-syntax-ns#"><rdf:Description '
+        'xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"><Iptc4xmpExt:DigitalSourceType>&xxe;</Iptc4xmpExt:DigitalSourceType>'
+        "</rdf:Description></rdf:RDF></x:xmpmeta>"
+    ).encode()
+
+
+_DST_MARKER = (
+    b'<d xmlns:Iptc4xmpExt="http://iptc.org/std/Iptc4xmpExt/2008-02-29/"'
+    b' Iptc4xmpExt:DigitalSourceType="http://cv.iptc.org/newscodes/digitalsourcetype/trainedAlgorithmicMedia"/>'
+)
+
+
+def xmp_deep(depth: int = 50_000) -> bytes:
+    """A well-formed packet nesting ``depth`` elements around a digital source type (so a reader must parse it to find it)."""
+    return b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + b"<a>" * depth + _DST_MARKER + b"</a>" * depth + b"</x:xmpmeta>"
+
+
+def xmp_wide(elements: int = 100_000) -> bytes:
+    """A flat packet of ``elements`` empty elements (~0.4 MiB), the digital source type last."""
+    return b'<x:xmpmeta xmlns:x="adobe:ns:meta/">' + b"<a/>" * elements + _DST_MARKER + b"</x:xmpmeta>"
+
+
+def jpeg_with_xmp_packet(packet: bytes) -> bytes:
+    """A JPEG with ``packet`` as its (standard) XMP APP1 segment; packets over 64 KiB do not fit one segment."""
+    base = save(noise_image(64, 48, seed=6), "JPEG")
+    body = b"http://ns.adobe.com/xap/1.0/\x00" + packet
+    if len(body) + 2 > 0xFFFF:
+        raise ValueError("a standard XMP packet must fit one 64 KiB APP1 segment")
+    return base[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + base[2:]
+
+
+def png_with_xmp_packet(packet: bytes) -> bytes:
+    return _after_ihdr(_photo_png(), [png_chunk(b"iTXt", b"XML:com.adobe.xmp\x00\x00\x00\x00\x00" + packet)])
+
+
+def webp_with_xmp_packet(packet: bytes) -> bytes:
+    """A lossless WebP with an XMP chunk (any size: RIFF chunks have 32-bit lengths)."""
+    return save(noise_image(64, 48, seed=6), "WEBP", lossless=True, xmp=packet)
+
+
+def jpeg_extended_xmp_claiming(full_length: int = 1 << 31) -> bytes:
+    """A JPEG with one extended-XMP segment whose header claims a ``full_length`` packet (a reader that preallocates it dies)."""
+    base = save(noise_image(64, 48, seed=6), "JPEG")
+    body = b"http://ns.adobe.com/xmp/extension/\x00" + b"0" * 32 + struct.pack(">II", full_length, 0) + b"<x/>"
+    return base[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + base[2:]
+
+
+def png_many_chunks(n: int = 20_000, keyword: str = "parameters") -> bytes:
+    """``n`` small unrelated tEXt chunks before the image data, and a generator chunk after them (past provenance's chunk cap)."""
+    filler = [png_chunk(b"tEXt", b"k\x00v") for _ in range(n)]
+    late = png_chunk(b"tEXt", keyword.encode() + b"\x00" + b"x\nSteps: 20, Sampler: Euler, Model: late")
+    return _after_ihdr(_photo_png(), [*filler, late])
+
+
+def png_deep_json(keyword: str = "prompt", depth: int = 100_000) -> bytes:
+    """A ComfyUI-style ``prompt`` chunk holding ``depth`` nested JSON arrays (a recursive JSON parser overflows)."""
+    return _after_ihdr(_photo_png(), [png_chunk(b"tEXt", keyword.encode() + b"\x00" + b"[" * depth + b"]" * depth)])
+
+
+def exif_hostile(kind: str = "loop") -> bytes:
+    """An EXIF block (TIFF little-endian) that is hostile in one way: ``loop`` (the EXIF IFD pointer points at IFD0),
+    ``count`` (IFD0 claims 65535 entries), ``offset`` (a Software value far past the block), ``huge`` (a 1 GiB UserComment claim).
+    """
+    header = b"II*\x00" + struct.pack("<I", 8)
+    if kind == "loop":
+        ifd = struct.pack("<H", 1) + struct.pack("<HHII", 0x8769, 4, 1, 8) + struct.pack("<I", 0)
+    elif kind == "count":
+        ifd = struct.pack("<H", 0xFFFF) + struct.pack("<HHII", 0x0131, 2, 4, 0x41414141) * 4
+    elif kind == "offset":
+        ifd = struct.pack("<H", 1) + struct.pack("<HHII", 0x0131, 2, 64, 0x7FFFFFF0) + struct.pack("<I", 0)
+    elif kind == "huge":
+        sub = 8 + 2 + 12 + 4
+        ifd = struct.pack("<H", 1) + struct.pack("<HHII", 0x8769, 4, 1, sub) + struct.pack("<I", 0)
+        ifd += struct.pack("<H", 1) + struct.pack("<HHII", 0x9286, 7, 1 << 30, 64) + struct.pack("<I", 0)
+    else:
+        raise ValueError(kind)
+    return header + ifd
+
+
+def jpeg_with_exif_block(block: bytes) -> bytes:
+    base = save(noise_image(64, 48, seed=6), "JPEG")
+    body = b"Exif\x00\x00" + block
+    return base[:2] + b"\xff\xe1" + struct.pack(">H", len(body) + 2) + body + base[2:]
+
+
+def jumbf_box(kind: bytes, payload: bytes, lbox: int | None = None) -> bytes:
+    """One ISO BMFF/JUMBF box: LBox (32-bit size, or ``lbox`` to lie about it), TBox, payload."""
+    return struct.pack(">I", len(payload) + 8 if lbox is None else lbox) + kind + payload
+
+
+def c2pa_store_stub(inner: bytes = b"") -> bytes:
+    """A JUMBF superbox labelled ``c2pa`` (the manifest store's outer box) around ``inner``."""
+    jumd = jumbf_box(b"jumd", bytes.fromhex("6332706100110010800000aa00389b71") + b"\x03c2pa\x00")
+    return jumbf_box(b"jumb", jumd + inner)
+
+
+def jpeg_with_jumbf(store: bytes, *, segment: int = 65000) -> bytes:
+    """A JPEG carrying ``store`` in APP11 segments (common identifier ``JP``, box instance 1, packet sequence 1..n) as C2PA does."""
+    base = save(noise_image(64, 48, seed=6), "JPEG")
+    segs, seq = [], 1
+    first, rest = store[:8], store[8:]
+    for off in range(0, max(len(rest), 1), segment):
+        body = b"JP" + struct.pack(">HI", 1, seq) + first + rest[off : off + segment]
+        segs.append(b"\xff\xeb" + struct.pack(">H", len(body) + 2) + body)
+        seq += 1
+    return base[:2] + b"".join(segs) + base[2:]
+
+
+def hostile_jumbf_stores() -> dict[str, bytes]:
+    """Malformed C2PA manifest stores (to embed with :func:`jpeg_with_jumbf`): each one a way a JUMBF parser can be lied to."""
+    deep = b""
+    for _ in range(2000):
+        deep = jumbf_box(b"jumb", deep)
+    return {
+        "empty-store": c2pa_store_stub(),
+        "truncated-box": c2pa_store_stub(jumbf_box(b"jumb", b"\x00" * 16, lbox=1 << 20)),
+        "lbox-max": c2pa_store_stub(jumbf_box(b"jumb", b"\x00" * 16, lbox=0xFFFFFFFF)),
+        "xlbox-huge": c2pa_store_stub(struct.pack(">I", 1) + b"jumb" + struct.pack(">Q", 1 << 62) + b"\x00" * 16),
+        "lbox-zero": c2pa_store_stub(struct.pack(">I", 0) + b"jumb" + b"\x00" * 64),
+        "nested-2000": c2pa_store_stub(deep),
+        "cbor-garbage": c2pa_store_stub(jumbf_box(b"jumb", jumbf_box(b"jumd", b"\x00" * 16 + b"c2pa.claim\x00") + jumbf_box(b"cbor", b"\xbf" * 4096))),
+    }
+
+
+def mutate_bytes(data: bytes, start: int, end: int, flips: int, seed: int) -> bytes:
+    """``data`` with ``flips`` random bytes in [start, end) replaced (fuzzing a signed manifest store in place)."""
+    rng = np.random.default_rng(seed)
+    out = bytearray(data)
+    for i in rng.integers(start, max(start + 1, end), size=flips):
+        out[int(i)] = int(rng.integers(0, 256))
+    return bytes(out)
+
+
+def provenance_hostile_files() -> dict[str, bytes]:
+    """Decodable images with hostile provenance metadata, by name (for a worker process: every one must get a verdict)."""
+    return {
+        "png-parameters-bomb": png_text_bomb(),
+        "png-parameters-bombs-x4": png_text_bomb(chunks=4),
+        "png-itxt-parameters-bomb": png_text_bomb(kind=b"iTXt"),
+        "png-many-chunks": png_many_chunks(),
+        "png-deep-json": png_deep_json(),
+        "jpeg-xmp-billion-laughs": jpeg_with_xmp_packet(xmp_billion_laughs()),
+        "jpeg-xmp-xxe": jpeg_with_xmp_packet(xmp_external_entity()),
+        "png-xmp-deep": png_with_xmp_packet(xmp_deep()),
+        "png-xmp-wide": png_with_xmp_packet(xmp_wide()),
+        "webp-xmp-giant": webp_with_xmp_packet(b"<x/>" + b" " * (3 * 1024 * 1024)),
+        "jpeg-extended-xmp-2gib": jpeg_extended_xmp_claiming(),
+        **{f"jpeg-exif-{k}": jpeg_with_exif_block(exif_hostile(k)) for k in ("loop", "count", "offset", "huge")},
+        **{f"jpeg-jumbf-{k}": jpeg_with_jumbf(v) for k, v in hostile_jumbf_stores().items()},
+    }

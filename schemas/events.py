@@ -17,11 +17,17 @@ from typing import Annotated, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.attribution import Attribution
+from schemas.provenance import DecidedBy, Provenance
 
 #: Versions of the event schemas this code reads and writes. A reader refuses a
-#: higher version (``unsupported_schema_version``) rather than guessing.
+#: higher version (``unsupported_schema_version``) rather than guessing, so a
+#: version is bumped whenever a reader of the previous one could misread an
+#: event: a field added to a model that forbids unknown fields, a field whose
+#: meaning changed. Verdict version 2 added ``model_label``, ``decided_by`` and
+#: ``provenance``, and ``label`` may now be set by provenance evidence rather
+#: than by ``score`` (the README says what a version-1 consumer must change).
 UPLOAD_SCHEMA_VERSION: Final = 1
-VERDICT_SCHEMA_VERSION: Final = 1
+VERDICT_SCHEMA_VERSION: Final = 2
 DEAD_LETTER_SCHEMA_VERSION: Final = 1
 
 UploadId = Annotated[str, Field(min_length=1, max_length=512, description="Producer-assigned id of the upload; the Kafka key of every event about it.")]
@@ -152,14 +158,28 @@ class ShadowScore(_Event):
 
 
 class VerdictEvent(_Event):
-    """One per upload on the verdicts topic, keyed by upload id."""
+    """One per upload on the verdicts topic, keyed by upload id.
 
-    schema_version: Literal[1] = VERDICT_SCHEMA_VERSION
+    ``score`` is always the model's, also when provenance set the label: the two
+    assessments are both in every verdict (``model_label`` is what the score
+    alone gives, ``provenance`` what the image's metadata and watermark say),
+    and ``decided_by`` names the one the label follows.
+    """
+
+    # Every field is in every serialized verdict, so the JSON Schema lists them all as required.
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_serialization_defaults_required=True)
+
+    schema_version: Literal[2] = VERDICT_SCHEMA_VERSION
     upload_id: UploadId
     tenant: str | None = None
     content_sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="sha256 of the image bytes that were scored.")
-    label: Label
-    score: float = Field(ge=0.0, le=1.0, description="Probability that the image is AI-generated (fused over heads).")
+    label: Label = Field(description="What downstream acts on: model_label, or ai_generated when decisive provenance evidence decided.")
+    score: float = Field(ge=0.0, le=1.0, description="The model's probability that the image is AI-generated (fused over heads); never changed by provenance.")
+    # Filled from `label` when a model-decided verdict is built without it (the before-validator below); the factory only
+    # gives the field a default for type checkers and never shows in the JSON Schema.
+    model_label: Label = Field(default_factory=lambda: Label.uncertain, description="The label the model's score alone gives under the bundle's thresholds.")
+    decided_by: DecidedBy = Field(DecidedBy.model, description="model: label == model_label; provenance: decisive provenance evidence set the label.")
+    provenance: Provenance = Field(default_factory=Provenance.not_read, description="The provenance signals read for this upload.")
     thresholds: Thresholds
     head_scores: dict[str, float] = Field(default_factory=dict, description="Per-head probability of AI-generated.")
     anomaly: dict[str, float] = Field(
@@ -174,6 +194,31 @@ class VerdictEvent(_Event):
         None, description="Which generator family the image resembles (or 'unknown'), from the bundle's attribution head; never changes the label."
     )
     produced_at: datetime = Field(default_factory=utcnow)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _model_label_defaults_to_label(cls, data: object) -> object:
+        """A verdict the model decided needs no separate model_label (``label`` is it); one provenance decided must give it."""
+        if isinstance(data, dict) and "model_label" not in data:
+            if data.get("decided_by", DecidedBy.model) in (DecidedBy.model, "model"):
+                data = {**data, "model_label": data.get("label")}
+            else:
+                raise ValueError("model_label is required when provenance decided the label")
+        return data
+
+    @model_validator(mode="after")
+    def _decision_is_consistent(self) -> VerdictEvent:
+        if self.decided_by is DecidedBy.model:
+            if self.label != self.model_label:
+                raise ValueError("decided_by is model but label differs from model_label")
+            if self.provenance.decisive:
+                raise ValueError("decided_by is model but provenance lists decisive signals")
+        else:
+            if self.label is not Label.ai_generated:
+                raise ValueError("provenance can only decide ai_generated")
+            if not self.provenance.decisive:
+                raise ValueError("decided_by is provenance but no signal is listed as decisive")
+        return self
 
     @property
     def cached(self) -> bool:

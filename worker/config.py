@@ -17,6 +17,8 @@ from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from schemas.provenance import ProvenancePolicy
+
 ENV_PREFIX = "AIGIS_"
 
 _GROUPS = {
@@ -25,6 +27,7 @@ _GROUPS = {
     "cache": "Redis cache",
     "input": "Input limits and fetching",
     "runtime": "Batching and runtime",
+    "provenance": "Provenance",
     "ops": "Operations",
     "drift": "Drift monitoring",
 }
@@ -141,6 +144,18 @@ class WorkerConfig(BaseModel):
     exit_when_idle_s: float = _f(
         0.0, "Exit after this many seconds without input, counted from the first assignment (0 = run forever). For bounded runs.", "runtime", ge=0
     )
+    # Provenance
+    provenance_policy: ProvenancePolicy = _f(
+        ProvenancePolicy.decide,
+        "off: read no provenance; annotate: read C2PA, IPTC/XMP, generator metadata and the SD watermark into the verdict, label from the model; "
+        "decide: also label ai_generated when a trusted valid C2PA manifest declares AI or the watermark matches (nothing makes an image real).",
+        "provenance",
+    )
+    provenance_trust_anchors: Path | None = _f(
+        None,
+        "PEM file of C2PA trust anchors (CA certificates). Unset: signers are reported, none is trusted, so no manifest decides a label.",
+        "provenance",
+    )
     # Ops
     metrics_port: int = _f(0, "Port for /metrics (Prometheus), /healthz (liveness) and /readyz (readiness); 0 = off.", "ops", ge=0, le=65535)
     liveness_timeout_s: float = _f(60.0, "/healthz fails when the poll loop or a pipeline stage made no progress for this long.", "ops", gt=0)
@@ -166,6 +181,13 @@ class WorkerConfig(BaseModel):
     def _non_empty(cls, v: str) -> str:
         if not [p for p in v.split(",") if p.strip()]:
             raise ValueError("at least one provider is required")
+        return v
+
+    @field_validator("provenance_trust_anchors")
+    @classmethod
+    def _anchors_file_exists(cls, v: Path | None) -> Path | None:
+        if v is not None and not v.is_file():
+            raise ValueError(f"{v} is not a file")
         return v
 
     @property

@@ -8,8 +8,9 @@ import json
 import pytest
 from pydantic import ValidationError
 
-from schemas import DeadLetter, ErrorCode, UploadEvent, VerdictEvent
+from schemas import VERDICT_SCHEMA_VERSION, DeadLetter, ErrorCode, Label, UploadEvent, VerdictEvent
 from schemas.generate import MODELS, SCHEMA_DIR, render, stale_files
+from schemas.provenance import C2paSignal, DecidedBy, Provenance, ProvenancePolicy, SignalKind, WatermarkSignal
 
 
 def test_checked_in_json_schemas_are_current() -> None:
@@ -70,3 +71,73 @@ def test_verdict_rejects_scores_outside_unit_interval() -> None:
         VerdictEvent.model_validate(doc)
     doc["score"] = 0.25
     assert VerdictEvent.model_validate(doc).cached is False
+
+
+def _verdict_doc(**kw: object) -> dict:
+    doc = {
+        "upload_id": "u",
+        "content_sha256": "a" * 64,
+        "label": "real",
+        "score": 0.1,
+        "thresholds": {"threshold": 0.5, "uncertain_low": 0.5, "uncertain_high": 0.5, "calibrated": True},
+        "bundle": {"name": "b", "version": "1", "sha256": "b" * 64},
+        "cache": "miss",
+        "timings": {"queue_ms": 0, "decode_ms": 0, "inference_ms": 0, "total_ms": 0},
+    }
+    doc.update(kw)
+    return doc
+
+
+def test_verdict_is_version_2_and_refuses_version_1() -> None:
+    """Version 2 changed what `label` means (provenance may set it): a v1 document is not silently read as v2."""
+    assert VERDICT_SCHEMA_VERSION == 2
+    assert VerdictEvent.model_validate(_verdict_doc()).schema_version == 2
+    with pytest.raises(ValidationError):
+        VerdictEvent.model_validate(_verdict_doc(schema_version=1))
+
+
+def test_model_decided_verdict_carries_the_model_label_and_an_unread_provenance() -> None:
+    v = VerdictEvent.model_validate(_verdict_doc())
+    assert v.model_label is Label.real and v.decided_by is DecidedBy.model
+    assert v.provenance.policy is ProvenancePolicy.off and v.provenance.signals == []
+    out = json.loads(v.model_dump_json())
+    assert {"model_label", "decided_by", "provenance"} <= set(out)
+    with pytest.raises(ValidationError, match="label differs from model_label"):
+        VerdictEvent.model_validate(_verdict_doc(model_label="ai_generated"))
+
+
+def test_provenance_decided_verdict_must_name_its_decisive_signals_and_say_ai_generated() -> None:
+    wm = {"kind": "watermark", "status": "found", "strength": "watermark", "ai_declared": True, "payload": "sdxl", "agreement": 0.8}
+    prov = {"policy": "decide", "signals": [wm], "decisive": ["watermark"]}
+    v = VerdictEvent.model_validate(_verdict_doc(label="ai_generated", model_label="real", decided_by="provenance", provenance=prov))
+    assert v.score == 0.1 and v.model_label is Label.real and v.label is Label.ai_generated
+    assert isinstance(v.provenance.signals[0], WatermarkSignal) and v.provenance.signal(SignalKind.watermark) is not None
+    again = VerdictEvent.model_validate_json(v.model_dump_json())
+    assert again == v
+    with pytest.raises(ValidationError, match="no signal is listed as decisive"):
+        VerdictEvent.model_validate(_verdict_doc(label="ai_generated", model_label="real", decided_by="provenance", provenance={**prov, "decisive": []}))
+    with pytest.raises(ValidationError, match="only decide ai_generated"):
+        VerdictEvent.model_validate(_verdict_doc(label="real", model_label="ai_generated", decided_by="provenance", provenance=prov))
+
+
+def test_signal_records_are_a_closed_tagged_union() -> None:
+    ok = {"kind": "c2pa", "status": "found", "strength": "verified", "validation": "valid", "trusted": True}
+    assert isinstance(Provenance.model_validate({"policy": "annotate", "signals": [ok]}).signals[0], C2paSignal)
+    with pytest.raises(ValidationError):
+        Provenance.model_validate({"policy": "annotate", "signals": [{**ok, "kind": "exif"}]})
+    with pytest.raises(ValidationError):
+        Provenance.model_validate({"policy": "annotate", "signals": [{**ok, "prompt": "a cat"}]})  # no free-form fields
+
+
+def test_verdict_json_schema_lists_every_field_as_required() -> None:
+    """Every field is in every serialized verdict, so code generated from the schema may rely on all of them."""
+    doc = json.loads((SCHEMA_DIR / "verdict_event.schema.json").read_text())
+    assert set(doc["required"]) == set(VerdictEvent.model_fields)
+    assert {"C2paSignal", "IptcSignal", "GeneratorSignal", "WatermarkSignal", "Provenance"} <= set(doc["$defs"])
+
+
+def test_provenance_decided_verdict_must_carry_the_model_label() -> None:
+    wm = {"kind": "watermark", "status": "found", "strength": "watermark", "ai_declared": True}
+    prov = {"policy": "decide", "signals": [wm], "decisive": ["watermark"]}
+    with pytest.raises(ValidationError, match="model_label is required"):
+        VerdictEvent.model_validate(_verdict_doc(label="ai_generated", decided_by="provenance", provenance=prov))

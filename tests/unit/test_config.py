@@ -38,3 +38,19 @@ def test_help_documents_every_option_and_variable() -> None:
 
 def test_env_var_names_cover_every_field() -> None:
     assert env_var_names() == {"AIGIS_" + n.upper() for n in WorkerConfig.model_fields}
+
+
+def test_provenance_options(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from schemas.provenance import ProvenancePolicy
+
+    parser = build_parser()
+    assert load_config(parser.parse_args([]), {}).provenance_policy is ProvenancePolicy.decide
+    assert load_config(parser.parse_args([]), {}).provenance_trust_anchors is None
+    anchors = tmp_path / "anchors.pem"
+    anchors.write_text("-----BEGIN CERTIFICATE-----\n")
+    cfg = load_config(parser.parse_args(["--provenance-policy", "annotate", "--provenance-trust-anchors", str(anchors)]), {})
+    assert cfg.provenance_policy is ProvenancePolicy.annotate and cfg.provenance_trust_anchors == anchors
+    with pytest.raises(SystemExit, match="--provenance-policy"):
+        load_config(parser.parse_args(["--provenance-policy", "sometimes"]), {})
+    with pytest.raises(SystemExit, match="is not a file"):
+        load_config(parser.parse_args([]), {"AIGIS_PROVENANCE_TRUST_ANCHORS": str(tmp_path / "missing.pem")})

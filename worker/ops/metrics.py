@@ -224,6 +224,21 @@ class WorkerMetrics:
         self.drift_reports = Counter(
             r, "aigis_drift_reports_total", "DriftReport events raised, by statistic and status (alarm, recovered).", [*drift[:4], "status"]
         )
+        self.provenance_signals = Counter(
+            r, "aigis_provenance_signals_total", "Provenance signals read, by kind and status (found, absent, unreadable, not_checked).", ["kind", "status"]
+        )
+        self.provenance_ai = Counter(
+            r, "aigis_provenance_ai_declared_total", "Found provenance signals that declare AI generation, by kind and strength.", ["kind", "strength"]
+        )
+        self.decisions = Counter(r, "aigis_label_decisions_total", "Verdict labels by who set them (model or provenance).", ["decided_by"])
+
+    def count_provenance(self, signals: Iterable[Any], decided_by: str) -> None:
+        """One verdict's provenance: each signal by kind and status (and strength when it declares AI), and who decided."""
+        for sig in signals:
+            self.provenance_signals.inc(1, str(sig.kind.value), str(sig.status.value))
+            if sig.ai_declared:
+                self.provenance_ai.inc(1, str(sig.kind.value), str(sig.strength.value))
+        self.decisions.inc(1, decided_by)
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
