@@ -47,7 +47,7 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -266,17 +266,17 @@ def embed_dataset(root: Path, out: Path, opts: EmbedOptions, progress: bool = Fa
                 views = np.full((len(chunk), 2, dim), np.nan, dtype=np.float32)
                 rows = [j for j, p in enumerate(prepared) if p.views is not None]
                 if rows:
-                    flat = _encode(encoder, np.concatenate([prepared[j].views for j in rows]), device, opts.batch_size)  # type: ignore[misc]
+                    flat = _encode(encoder, np.concatenate([prepared[j].views for j in rows]), device, opts.batch_size)
                     views[rows] = flat.reshape(len(rows), 2, dim)
                 arrays["views"] = views
             if opts.native_crop:
-                arrays["native"] = np.stack([p.native for p in prepared])  # type: ignore[misc]
+                arrays["native"] = np.stack([p.native for p in prepared])  # type: ignore[misc]  # native_crop: every p.native is set
             if opts.augment:
-                flat = _encode(encoder, np.concatenate([p.augmented for p in prepared]), device, opts.batch_size)  # type: ignore[misc]
+                flat = _encode(encoder, np.concatenate([p.augmented for p in prepared]), device, opts.batch_size)
                 arrays["augmented"] = flat.reshape(len(chunk), opts.augment, dim).astype(np.float32)
             path = out / "chunks" / _chunk_name(opts.shard, k)
             tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
-            np.savez(tmp, **arrays)
+            np.savez(tmp, **cast("dict[str, Any]", arrays))  # numpy's stub types **kwds as allow_pickle's bool
             os.replace(tmp, path)
     bar.close()
 

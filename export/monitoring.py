@@ -174,6 +174,10 @@ def out_of_fold_distances(train: EmbeddingSet, val: EmbeddingSet, classes: list[
 class _NoveltyGraph(nn.Module):
     """sqrt(min_k ||x w - mu_k w||^2) in float32: the distance-expansion form, one matmul against the whitened means."""
 
+    w: torch.Tensor
+    m: torch.Tensor
+    m2: torch.Tensor
+
     def __init__(self, fit: NoveltyFit) -> None:
         super().__init__()
         w = torch.from_numpy(fit.whitening.astype(np.float32))
@@ -205,7 +209,7 @@ def _stage(out: Path, manifest: BundleManifest) -> Path:
     return stage
 
 
-def score_validation(out: Path, manifest: BundleManifest, val: EmbeddingSet):  # type: ignore[no-untyped-def]  # -> ScoreBatch
+def score_validation(out: Path, manifest: BundleManifest, val: EmbeddingSet):  # -> ScoreBatch
     """The validation split through :meth:`LoadedBundle.score_embeddings` on the exported graphs."""
     stage = _stage(out, manifest)
     try:
@@ -229,7 +233,7 @@ def drift_reference(scores: Any, manifest: BundleManifest, val: EmbeddingSet, no
         if dist is None:
             notes.append(f"signal {signal!r} left out: its validation values do not spread over two or more bins")
             continue
-        signals.append(SignalReference(signal=signal, source=source, key=key, distribution=dist))  # type: ignore[arg-type]
+        signals.append(SignalReference(signal=signal, source=source, key=key, distribution=dist))
     cal = manifest.calibration
     uncertain = np.array([decide(float(s), cal).value == "uncertain" for s in scores.probability])
     if cal.uncertain_low == cal.uncertain_high:

@@ -204,7 +204,7 @@ def make_diffusion(seed: int) -> Callable[[Image.Image, np.random.Generator], Im
         latent = _downscale(img, 4)
         latent = latent + rng.normal(0, 4.0, size=latent.shape).astype(np.float32)  # re-noise
         latent = ndimage.gaussian_filter(latent, sigma=(0.7, 0.7, 0))  # a denoising step: low-pass
-        x = np.asarray(_to_uint8(latent).resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
+        x: np.ndarray = np.asarray(_to_uint8(latent).resize((w, h), Image.Resampling.BICUBIC), dtype=np.float32)
         x = x * (1.0 + 0.05 * _tiled(tile, h, w))
         mean = x.mean(axis=2, keepdims=True)
         return _to_uint8(mean + (x - mean) * 1.25)  # samplers oversaturate

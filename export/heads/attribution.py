@@ -48,6 +48,8 @@ class AttributionConfig(BaseModel):
 class _Softmax(nn.Module):
     """softmax(W x + b) / T as one graph: the input is the raw (un-normalised) embedding, like the linear probe's."""
 
+    inv_temperature: torch.Tensor
+
     def __init__(self, dim: int, classes: int) -> None:
         super().__init__()
         self.fc = nn.Linear(dim, classes)

@@ -63,9 +63,13 @@ linear in the bytes; the pipeline's per-image decode time limit covers it.
 Warnings: Pillow warns about corrupt EXIF, odd TIFF tags and the like.
 ``warnings.catch_warnings`` is not thread-safe before Python 3.14 and decoding
 runs in a thread pool, so rather than toggling filters per call this module
-installs one process-wide filter at import that silences warnings raised from
-inside Pillow (they carry no upload id, and would break JSON-lines logs); the
-outcome of a decode is carried by the return value or the ``InputError``.
+installs one process-wide filter at import that silences the *data* warnings
+raised from inside Pillow (``UserWarning``: corrupt EXIF, odd TIFF tags, bad
+APNG chunks; they carry no upload id, a hostile stream makes a flood of them,
+and the outcome of a decode is carried by the return value or the
+``InputError``) and the decompression-bomb warning (the pixel limits here are
+checked before Pillow's). Pillow's deprecation and runtime warnings still
+surface: they are about this code, not about the image.
 """
 
 from __future__ import annotations
@@ -109,7 +113,7 @@ ACCEPTED_RESULT_FORMATS: frozenset[str] = frozenset((*ALLOWED_FORMATS, "MPO"))
 ImageFile.LOAD_TRUNCATED_IMAGES = False
 
 # One process-wide filter instead of per-call catch_warnings (see module docstring).
-warnings.filterwarnings("ignore", module=r"PIL(\..*)?$")
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL(\..*)?$")
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 
 # EXIF Orientation tag value -> the transpose that shows the image upright.
