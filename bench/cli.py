@@ -75,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scaling-archs", default=None, help="Architectures for benchmark 7 (default aigis-tiny,ViT-B-16,ViT-L-14).")
     p.add_argument("--cache-messages", type=int, default=None, help="Messages in the all-duplicate stream (default 12000; 2000 with --quick).")
     p.add_argument("--latency-seconds", type=float, default=None, help="Seconds of offered load per latency point (default 30; 6 with --quick).")
+    p.add_argument("--latency-waits", type=_ints, default=None, help="--max-wait-ms values benchmark 6 compares (default 5,50).")
     p.add_argument(
         "--worker-log-level", default="warning", help="Log level of the workers the benchmarks start (default warning; benchmark 5 also runs one at info)."
     )
@@ -105,6 +106,8 @@ def options_from(args: argparse.Namespace) -> Options:
         opts.cache_messages = args.cache_messages
     if args.latency_seconds:
         opts.latency_seconds = args.latency_seconds
+    if args.latency_waits:
+        opts.latency_waits_ms = args.latency_waits
     opts.worker_log_level = args.worker_log_level
     for item in args.worker_env:
         name, sep, value = item.partition("=")
