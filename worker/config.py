@@ -67,9 +67,9 @@ class WorkerConfig(BaseModel):
     )
     intra_op_threads: int = _f(0, "ONNX Runtime intra-op threads (0 = ORT default: one per physical core).", "model", ge=0)
     intra_op_spinning: bool = _f(
-        True,
-        "Let ONNX Runtime's idle intra-op threads spin-wait for the next run (ORT's default). Back-to-back batches start sooner; "
-        "on a CPU node with few cores the spinning takes the cores decoding needs.",
+        False,
+        "Let ONNX Runtime's idle intra-op threads spin-wait for the next run (ORT's default). Off by default: spinning takes the cores "
+        "decoding needs (README: Latency); worth trying on a node with cores to spare.",
         "model",
     )
     shadow_bundle: Path | None = _f(
@@ -137,7 +137,12 @@ class WorkerConfig(BaseModel):
     )
     # Runtime
     max_batch: int = _f(32, "Most images per inference batch.", "runtime", ge=1)
-    max_wait_ms: int = _f(20, "Longest a batch waits to fill once it has its first image.", "runtime", ge=0)
+    max_wait_ms: int = _f(
+        5,
+        "Longest a batch waits to fill once it has its first image; under load batches fill without waiting (README: Latency).",
+        "runtime",
+        ge=0,
+    )
     decode_threads: int = _f(2, "Threads that fetch/decode/preprocess images in parallel with inference.", "runtime", ge=1)
     max_in_flight: int = _f(0, "Records in the pipeline before partitions are paused (0 = 4 x max-batch); resumed at half.", "runtime", ge=0)
     shutdown_grace_s: float = _f(20.0, "On SIGTERM: seconds to finish and deliver in-flight batches before leaving the group anyway.", "runtime", gt=0)
