@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +27,7 @@ from bench.options import Options
 from bench.results import BenchResult
 from bench.stats import summarize
 from worker.ingest.decode import DecodeLimits, decode_image
-from worker.ingest.preprocess import clip_input, normalize, resize_and_crop
+from worker.ingest.preprocess import Preprocess, clip_input, normalize, resize_and_crop
 from worker.model.bundle import LoadedBundle
 
 LIMITS = DecodeLimits(max_bytes=64 * 1024 * 1024, max_pixels=100_000_000)
@@ -42,7 +43,7 @@ def _image(label: str) -> bytes:
     return path.read_bytes()
 
 
-def _stages(data: bytes, pre, draft: int | None) -> dict[str, float]:  # type: ignore[no-untyped-def]
+def _stages(data: bytes, pre: Preprocess, draft: int | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     img = decode_image(data, LIMITS, draft).image
     t1 = time.perf_counter()

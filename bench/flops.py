@@ -15,6 +15,7 @@ runtime can get out of a backbone that is ~99 % matmul.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,7 +24,7 @@ import torch
 
 def vit_flops(encoder: torch.nn.Module) -> dict[str, Any]:
     """Analytic FLOPs (2 per multiply-add) of one image through an open_clip VisionTransformer."""
-    visual = getattr(encoder, "visual", encoder)
+    visual: Any = getattr(encoder, "visual", encoder)  # open_clip's VisionTransformer: attributes read by name
     conv = visual.conv1
     width = conv.out_channels
     patch = conv.kernel_size[0]
@@ -71,9 +72,9 @@ def matmul_peak_gflops(n: int = 2048, seconds: float = 2.0) -> dict[str, float]:
     b = torch.randn(n, n)
     flop = 2.0 * n**3
 
-    def best(fn) -> float:  # type: ignore[no-untyped-def]
+    def best(fn: Callable[[], object]) -> float:
         fn()
-        bests = []
+        bests: list[float] = []
         t_end = time.perf_counter() + seconds
         while time.perf_counter() < t_end or len(bests) < 3:
             t0 = time.perf_counter()

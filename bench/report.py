@@ -276,7 +276,7 @@ def _limit_sentence(results: dict[str, dict[str, Any]]) -> str:
     row = next((r for r in roof["rows"] if r["arch"] == arch), None)
     if not row:
         return ""
-    best = {}
+    best: dict[str, float] = {}
     for r in bb["rows"]:
         if r["device"] == "cpu" and r["precision"] == "fp32":
             best[r["runtime"]] = max(best.get(r["runtime"], 0.0), r["images_per_s"]["median"])

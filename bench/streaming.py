@@ -152,7 +152,7 @@ def run_worker_once(
                 pass
     rate = steady_rate([o.timestamp_ms for o in outs], starts_ms=starts)
     rate["duplicates"] = float(reader.duplicates)
-    rate["_values"] = {o.key: o.value for o in outs if o.topic == topics.verdicts}  # type: ignore[assignment]
+    rate["_values"] = {o.key: o.value for o in outs if o.topic == topics.verdicts}
     return rate
 
 
@@ -246,7 +246,7 @@ def run_naive_once(bootstrap: str, topics: Topics, arch: str, bundle: Path, keys
         reader.close()
     outs = [reader.outputs[k] for k in keys]
     res = steady_rate([o.timestamp_ms for o in outs])
-    res["_values"] = {o.key: o.value for o in outs}  # type: ignore[assignment]
+    res["_values"] = {o.key: o.value for o in outs}
     return res
 
 

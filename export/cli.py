@@ -90,7 +90,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
     return 0
 
 
-def _monitoring_options(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+def _monitoring_options(args: argparse.Namespace):
     from export.monitoring import MonitoringOptions
 
     return MonitoringOptions(

@@ -47,7 +47,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -112,7 +112,7 @@ class Scored:
     heads: dict[str, np.ndarray]
     anomaly: dict[str, np.ndarray]
 
-    def observations(self, rows: np.ndarray):  # type: ignore[no-untyped-def]
+    def observations(self, rows: np.ndarray):
         from worker.ops.drift import Observation
 
         return [
@@ -135,9 +135,7 @@ def score_pool(bundle: Path, pool: Path, cache: Path, progress: bool = True) -> 
     family = np.array(["real" if it.label == 0 else it.generator for it in items])
     if path.is_file():
         z = np.load(path)
-        heads = {k[5:]: z[k] for k in z.files if k.startswith("head:")}
-        anomaly = {k[8:]: z[k] for k in z.files if k.startswith("anomaly:")}
-        return Scored(family, z["score"], heads, anomaly)
+        return Scored(family, z["score"], {k[5:]: z[k] for k in z.files if k.startswith("head:")}, {k[8:]: z[k] for k in z.files if k.startswith("anomaly:")})
     score = np.full(len(items), np.nan)
     heads: dict[str, np.ndarray] = {}
     anomaly: dict[str, np.ndarray] = {}
@@ -158,14 +156,14 @@ def score_pool(bundle: Path, pool: Path, cache: Path, progress: bool = True) -> 
     bar.close()
     cache.mkdir(parents=True, exist_ok=True)
     arrays = {"score": score, **{f"head:{k}": v for k, v in heads.items()}, **{f"anomaly:{k}": v for k, v in anomaly.items()}}
-    np.savez(path, **arrays)  # type: ignore[arg-type]
+    np.savez(path, **cast("dict[str, Any]", arrays))  # numpy types **kwds as allow_pickle
     return Scored(family, score, heads, anomaly)
 
 
 # -- streams ------------------------------------------------------------------------------------------------------
 
 
-def run_stream(monitor, scored: Scored, order: np.ndarray) -> list[tuple[int, Any]]:  # type: ignore[no-untyped-def]
+def run_stream(monitor, scored: Scored, order: np.ndarray) -> list[tuple[int, Any]]:
     """Feed ``order`` (row indices) in batches of 32; returns (images streamed when it fired, report) for every alarm."""
     fired = []
     for lo in range(0, len(order), BATCH):
@@ -176,7 +174,7 @@ def run_stream(monitor, scored: Scored, order: np.ndarray) -> list[tuple[int, An
     return fired
 
 
-def _monitor(bundle: Path, settings: Any):  # type: ignore[no-untyped-def]
+def _monitor(bundle: Path, settings: Any):
     from schemas import BundleRef
     from worker.model.bundle import read_manifest
     from worker.ops.drift import DriftMonitor
@@ -193,7 +191,8 @@ def false_alarms(bundle: Path, scored: Scored, rows: np.ndarray, fake_share: flo
     rng = np.random.default_rng(seed)
     real = rows[scored.family[rows] == "real"]
     fake = rows[scored.family[rows] != "real"]
-    streamed, alarms, by = 0, 0, {}
+    streamed, alarms = 0, 0
+    by: dict[str, Any] = {}
     distinct = 0
     for _ in range(orders):
         if fake_share is None:
@@ -298,7 +297,8 @@ def markdown(fa: list[dict[str, Any]], det: list[dict[str, Any]], content: dict[
     lines.append("| unseen family | " + " | ".join(f"share {s:.0%}" for s in shares) + " | first statistic |")
     lines.append("| --- | " + " | ".join("---:" for _ in shares) + " | --- |")
     for fam in sorted({d["unseen"] for d in det}):
-        cells, stats = [], {}
+        cells: list[str] = []
+        stats: dict[str, Any] = {}
         for s in shares:
             d = next(x for x in det if x["unseen"] == fam and x["share"] == s)
             delays = [r["delay"] for r in d["runs"] if r["delay"] is not None]
@@ -328,7 +328,7 @@ def markdown(fa: list[dict[str, Any]], det: list[dict[str, Any]], content: dict[
     return "\n".join(lines).rstrip() + "\n"
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "drift-benchmark",
         help="false alarms and detection delay of the drift statistics on synthetic streams",

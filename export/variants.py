@@ -84,7 +84,7 @@ def gpu_available() -> bool:
 
 
 @contextlib.contextmanager
-def _quiet_root_logger():  # type: ignore[no-untyped-def]
+def _quiet_root_logger():
     """ORT's quantiser and fuser warn on the root logger about steps that do not apply here (pre-processing, symbolic shapes)."""
     root = logging.getLogger()
     level = root.level
@@ -389,7 +389,7 @@ def make_variant(
 # -- command line ---------------------------------------------------------------------------
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     """Register ``python -m export variant``."""
     v = sub.add_parser(
         "variant",
