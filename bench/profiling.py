@@ -80,6 +80,20 @@ def summarize_profile(raw: Path, top: int = 15) -> dict[str, Any]:
     return {"samples": total, "threads": share(threads), "libraries": share(libs), "self": share(leaves), "inclusive": share(inclusive)}
 
 
+def library_share(raw: Path, library: str) -> float:
+    """Share of the samples whose stack passes through ``library`` anywhere (its inclusive cost), from py-spy raw stacks."""
+    total = inside = 0
+    marker = f"site-packages/{library}/"
+    for line in raw.read_text(errors="replace").splitlines():
+        stack, _, count_s = line.rpartition(" ")
+        if not stack or not count_s.isdigit():
+            continue
+        total += int(count_s)
+        if marker in stack:
+            inside += int(count_s)
+    return inside / total if total else 0.0
+
+
 def _short(path: str) -> str:
     for marker in ("site-packages/", f"{ROOT}/", "lib/python3.11/"):
         if marker in path:

@@ -54,8 +54,8 @@ class BenchResult:
         self.rows.append(row)
         return row
 
-    def target(self, name: str, goal: str, measured: float | None, threshold: float | None, unit: str = "") -> Target:
-        met = None if measured is None or threshold is None else measured >= threshold
+    def target(self, name: str, goal: str, measured: float | None, threshold: float | None, unit: str = "", lower_is_better: bool = False) -> Target:
+        met = None if measured is None or threshold is None else (measured <= threshold if lower_is_better else measured >= threshold)
         t = Target(name, goal, measured, met, unit)
         self.targets.append(t)
         return t

@@ -79,3 +79,20 @@ def test_streaming_comparison_runs_against_the_real_broker(bench_cache: Path, tm
     assert [t["name"] for t in doc["targets"]] == ["streaming / offline (aigis-tiny)"]
     assert doc["config"]["worker_settings"]["AIGIS_REDIS_URL"] == "", "the streaming comparison runs with the cache off"
     assert "| bundle | mode | images | images/s | ratio to offline |" in (out / "results.md").read_text()
+
+
+def test_library_share_counts_samples_whose_stack_passes_through_the_library(tmp_path: Path) -> None:
+    from bench.profiling import library_share
+    from bench.results import BenchResult
+
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "thread (1);run (/v/site-packages/prometheus_client/metrics.py:10);inc (/v/site-packages/prometheus_client/values.py:3) 3\n"
+        "thread (1);poll (/v/site-packages/kafka/consumer.py:5) 7\n"
+        "not a sample line\n"
+    )
+    assert library_share(raw, "prometheus_client") == pytest.approx(0.3)
+    assert library_share(raw, "redis") == 0.0
+    r = BenchResult("x", "x", quick=True)
+    assert r.target("cost", "<= 2%", 1.5, 2.0, "%", lower_is_better=True).met is True
+    assert r.target("cost", "<= 2%", 2.5, 2.0, "%", lower_is_better=True).met is False
