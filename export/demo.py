@@ -5,7 +5,8 @@ a demo bundle on the project's tiny open_clip config, publishes real
 photographs that scikit-image ships, images the project makes and a few
 corrupt files, runs one worker process, prints a table of verdicts and dead
 letters, publishes the same images again to show them served from the cache,
-and shuts everything down.
+ends with a drift scenario (:mod:`export.demo_drift`: a generator family the
+model never saw, and the worker's drift alarm), and shuts everything down.
 
 It lives in ``export`` because it is the one place allowed to use both sides:
 it builds a bundle (PyTorch) and runs the worker (as a separate process, the
@@ -30,6 +31,7 @@ from PIL import Image
 
 from devkit.harness import OutputReader, Topics, publish, start_worker, stop, worker_env
 from devkit.servers import dev_servers
+from export.demo_drift import run_drift_scenario
 from export.photos import load_rgb, photo_paths
 
 #: Fixed names, so a user can watch them with any Kafka client while the demo runs.
@@ -174,8 +176,8 @@ def held_out_synthetic(workdir: Path, per_class: int = 2) -> dict[str, tuple[str
 
 
 def print_table(uploads: list[DemoUpload], reader: OutputReader, sent_at: float) -> dict[str, int]:
-    print(f"{'upload id':<34} {'what it is':<15} {'label':<14} {'score':>7} {'cached':<7} {'latency ms':>10}")
-    print("-" * 92)
+    print(f"{'upload id':<34} {'what it is':<15} {'label':<14} {'score':>7} {'cached':<7} {'latency ms':>10} {'attribution':<24}")
+    print("-" * 117)
     counts: dict[str, int] = {}
 
     def bump(key: str) -> None:
@@ -193,7 +195,7 @@ def print_table(uploads: list[DemoUpload], reader: OutputReader, sent_at: float)
             print(f"{u.upload_id:<34} {u.kind:<15} {'DEAD: ' + doc['error_code']:<30} {latency:>10.0f}")
             bump("dead_letter")
             continue
-        print(f"{u.upload_id:<34} {u.kind:<15} {doc['label']:<14} {doc['score']:>7.4f} {doc['cache']:<7} {latency:>10.0f}")
+        print(f"{u.upload_id:<34} {u.kind:<15} {doc['label']:<14} {doc['score']:>7.4f} {doc['cache']:<7} {latency:>10.0f} {_attribution(doc):<24}")
         bump(doc["label"])
         bump("cache_" + doc["cache"])
         if u.kind.startswith("held-out"):
@@ -202,6 +204,17 @@ def print_table(uploads: list[DemoUpload], reader: OutputReader, sent_at: float)
             if doc["label"] == truth:
                 bump("correct")
     return counts
+
+
+def _attribution(doc: dict) -> str:
+    """The verdict's attribution as a cell: family and probability; for ``unknown``, the class it fell short of the threshold with."""
+    att = doc.get("attribution")
+    if not att:
+        return "-"
+    if att["family"] == "unknown":
+        top = max(att["probabilities"], key=att["probabilities"].__getitem__)
+        return f"unknown (~{top})"
+    return f"{att['family']} {att['probability']:.2f}"
 
 
 def run_round(tag: str, bootstrap: str, reader: OutputReader, worker: subprocess.Popen[bytes], workdir: Path, count: int) -> dict[str, int]:
@@ -251,6 +264,7 @@ def run_demo(workdir: Path = Path(".aigis/demo"), count: int = 0) -> int:
                 counts = run_round("r2", servers.bootstrap_servers, reader, worker, workdir, count)
         finally:
             stop(worker)
+        drift = run_drift_scenario(workdir, servers)
     print()
     if not manifest["calibration"]["calibrated"]:
         print("[demo] NOTE: this demo bundle's head is untrained and uncalibrated: the labels and scores above show the")
@@ -264,5 +278,9 @@ def run_demo(workdir: Path = Path(".aigis/demo"), count: int = 0) -> int:
         )
         print("       'photo' rows are whole photographs, a different distribution from the 224-px crops it trained on.")
         print("       It learned the synthetic generators' traces: a functional check of the whole path, not evidence about real generators.")
-    print(f"[demo] round 2 cache hits: {counts.get('cache_hit', 0)}; done in {time.time() - t0:.0f}s; broker, Redis and worker stopped.")
+    if manifest.get("attribution"):
+        thr = manifest["attribution"]["unknown_threshold"]
+        print(f"       'attribution': the generator family the image resembles and its probability; 'unknown' (~ the top class) below {thr:.7g}.")
+    fired = f"after {drift['images_until_alarm']} images of the new family's stream" if drift["fired"] else "did not fire"
+    print(f"[demo] round 2 cache hits: {counts.get('cache_hit', 0)}; drift alarm {fired}; done in {time.time() - t0:.0f}s; broker, Redis and workers stopped.")
     return 0

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from schemas import CacheStatus, DeadLetter, ErrorCode, ShadowScore, Timings, VerdictEvent, b64encode
+from schemas import Attribution, CacheStatus, DeadLetter, ErrorCode, ShadowScore, Timings, VerdictEvent, b64encode
 from worker.errors import InputError
 from worker.ingest.wire import InputRecord, Upload, best_effort_ids, encodable
 from worker.model.bundle import LoadedBundle
@@ -109,6 +109,7 @@ def verdict_outcome(
             cache=cache,
             timings=timings,
             shadow=shadow,
+            attribution=attribution_for(score, bundle),
         )
         outcome = Outcome(record, event, upload.upload_id.encode("utf-8"), event.model_dump_json().encode("utf-8"))
     except Exception as exc:  # a bug upstream let something unencodable through: never lose the record over it
@@ -118,6 +119,20 @@ def verdict_outcome(
         return outcome
     reason = f"verdict is {outcome.size} bytes, more than the {limits.max_record_bytes} the producer accepts"
     return dead_letter_outcome(record, InputError(ErrorCode.schema_invalid, reason), upload, limits)
+
+
+def attribution_for(score: Score, bundle: LoadedBundle) -> Attribution | None:
+    """The verdict's attribution: the top family, or ``unknown`` below the bundle's calibrated threshold.
+
+    Read from the score (so cache hits and near-duplicates carry it like the
+    score itself) and the bundle's manifest (so the threshold is the one the
+    head was calibrated with). None without an attribution head, or for a
+    cache entry written before entries kept the head's output.
+    """
+    head = bundle.manifest.attribution
+    if head is None or not score.attribution:
+        return None
+    return Attribution.from_probabilities(dict(score.attribution), head.unknown_threshold)
 
 
 def dead_letter_outcome(record: InputRecord, error: InputError, upload: Upload | None, limits: OutcomeLimits) -> Outcome:
