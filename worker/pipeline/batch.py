@@ -26,11 +26,13 @@ import hashlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
+from pathlib import Path
 
 import numpy as np
 import structlog
 
 from schemas import CacheStatus, ErrorCode
+from schemas.provenance import ProvenancePolicy
 from worker.cache.verdicts import CachedVerdict, ContentKey, VerdictCache
 from worker.config import WorkerConfig
 from worker.errors import InputError
@@ -74,9 +76,20 @@ class BatchProcessor:
         self._fetcher = fetcher
 
     @classmethod
-    def offline(cls, bundle: LoadedBundle, pool: Executor, max_batch: int = 32) -> BatchProcessor:
-        """One fixed bundle, default limits, no cache: the offline scorer and the evaluation run this."""
-        cfg = WorkerConfig(bundle=bundle.path, max_batch=max_batch, redis_url="")
+    def offline(
+        cls,
+        bundle: LoadedBundle,
+        pool: Executor,
+        max_batch: int = 32,
+        *,
+        provenance_policy: ProvenancePolicy = ProvenancePolicy.decide,
+        trust_anchors: Path | None = None,
+    ) -> BatchProcessor:
+        """One fixed bundle, default limits, no cache: the offline scorer and the evaluation run this.
+
+        Provenance as the worker's defaults have it (``decide``, no trust anchors) unless told otherwise.
+        """
+        cfg = WorkerConfig(bundle=bundle.path, max_batch=max_batch, redis_url="", provenance_policy=provenance_policy, provenance_trust_anchors=trust_anchors)
         return cls(PipelineSettings.from_config(cfg), Models(bundle), None, pool)
 
     # -- first half: parse, fetch, hash, cache, decode --------------------------------

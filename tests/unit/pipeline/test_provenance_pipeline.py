@@ -228,3 +228,31 @@ def test_one_log_line_per_decisive_signal(bundles: dict[str, LoadedBundle], anch
     assert by_id["c2pa-trusted-ai"]["kind"] == "c2pa" and by_id["c2pa-trusted-ai"]["strength"] == "verified"
     assert "signer=aigis test signer" in by_id["c2pa-trusted-ai"]["evidence"]
     assert by_id["watermark"]["evidence"].startswith("payload=sd1") and by_id["watermark"]["model_label"] == "real"
+
+
+@pytest.fixture
+def own_logging() -> Iterator[None]:
+    """The score CLI configures structlog for a process of its own: undo it for the tests after this one."""
+    import structlog
+
+    yield
+    structlog.reset_defaults()
+
+
+@pytest.mark.usefixtures("own_logging")
+def test_score_cli_prints_the_provenance_block(bundles: dict[str, LoadedBundle], anchors: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from worker.score import main
+
+    for name in ("c2pa-trusted-ai", "a1111", "plain"):
+        (tmp_path / f"{name}.{'png' if name == 'a1111' else 'jpg'}").write_bytes(FILES[name])
+    args = [str(tmp_path), "--bundle", str(bundles["says_real"].path), "--providers", "CPUExecutionProvider", "--provenance-trust-anchors", str(anchors)]
+    assert main([*args, "--json"]) == 0
+    lines = [VerdictEvent.model_validate_json(line) for line in capsys.readouterr().out.splitlines()]
+    by_name = {v.upload_id.rsplit("/", 1)[1].split(".")[0]: v for v in lines}
+    assert by_name["c2pa-trusted-ai"].decided_by is DecidedBy.provenance and by_name["c2pa-trusted-ai"].provenance.decisive == [SignalKind.c2pa]
+    assert by_name["a1111"].provenance.signal(SignalKind.generator).status is SignalStatus.found  # type: ignore[union-attr]
+    assert main([*args, "--provenance-policy", "off"]) == 0
+    table = capsys.readouterr().out
+    assert "decided_by" in table and "(policy off)" in table and "provenance" not in table.split("\n", 1)[1]
+    assert main(args) == 0
+    assert "c2pa:verified*" in capsys.readouterr().out
