@@ -82,4 +82,5 @@ def test_what_ships_never_imports_what_stays_behind() -> None:
 def test_export_reaches_devkit_only_from_the_demo() -> None:
     """Training and ONNX export are the product's other half: only the demo (development tooling) drives the harness."""
     users = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "export").rglob("*.py") if _imports(p) & {"devkit", "bench", "tests"})
-    assert users == ["export/demo.py"], users
+    # the demo is development tooling in export/demo.py and the scenario modules it calls (export/demo_*.py)
+    assert "export/demo.py" in users and all(u == "export/demo.py" or u.startswith("export/demo_") for u in users), users
