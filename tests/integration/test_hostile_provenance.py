@@ -16,8 +16,22 @@ from pathlib import Path
 from devkit import corpus
 from devkit import provenance_images as pi
 from devkit.c2pa_signing import make_ca, make_signer, sign_image
-from devkit.harness import OutputReader, Topics, committed_offsets, log_events, publish, raw_records, start_worker, stop, wait_until, worker_env
+from devkit.harness import (
+    OutputReader,
+    Topics,
+    committed_offsets,
+    http_get,
+    log_events,
+    metric,
+    publish,
+    raw_records,
+    start_worker,
+    stop,
+    wait_until,
+    worker_env,
+)
 from devkit.images import unique_jpegs
+from devkit.servers import free_port
 
 
 def test_hostile_provenance_gets_verdicts_with_the_signal_unreadable_and_the_partition_moves_on(servers, tiny_bundle: Path, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
@@ -32,6 +46,7 @@ def test_hostile_provenance_gets_verdicts_with_the_signal_unreadable_and_the_par
     names = {f"hostile-{i}": name for i, name in enumerate(hostile)}
     topics = Topics.fresh(servers.bootstrap_servers, partitions=1)
     ends = publish(servers.bootstrap_servers, topics.uploads, items)
+    port = free_port()
     env = worker_env(
         servers,
         topics,
@@ -40,7 +55,8 @@ def test_hostile_provenance_gets_verdicts_with_the_signal_unreadable_and_the_par
         AIGIS_MAX_WAIT_MS="5",
         AIGIS_PROVENANCE_POLICY="decide",
         AIGIS_PROVENANCE_TRUST_ANCHORS=str(anchors),
-        AIGIS_REDIS_URL="",  # every record read and scored here, none served from another test's cache
+        AIGIS_REDIS_URL="",
+        AIGIS_METRICS_PORT=str(port),  # every record read and scored here, none served from another test's cache
     )
     log = tmp_path / "worker.log"
     proc = start_worker(env, log)
@@ -65,6 +81,11 @@ def test_hostile_provenance_gets_verdicts_with_the_signal_unreadable_and_the_par
         assert all(len(json.dumps(v)) < 16 * 1024 for v in reader.verdicts), "no verdict carries what the hostile files hold"
         decided = [e for e in log_events(log) if e.get("event") == "provenance_decided"]
         assert [e["upload_id"] for e in decided] == ["signed"] and decided[0]["strength"] == "verified"
+        body = http_get(port, "/metrics")[1]
+        assert metric(body, "aigis_label_decisions_total", decided_by="provenance") == 1
+        assert metric(body, "aigis_label_decisions_total", decided_by="model") == len(items) - 1
+        unreadable = sum(metric(body, "aigis_provenance_signals_total", kind=k, status="unreadable") or 0 for k in set(targets.values()))
+        assert unreadable >= len(hostile)
     finally:
         stop(proc)
         reader.close()
