@@ -1,7 +1,14 @@
 """Benchmark: the provenance stage's cost per image, and the SD watermark decoder's false-positive rate on real photographs.
 
-``python -m bench.provenance`` (standalone for now; the bench CLI and README
-wiring are phase 2 of the provenance issue). Two parts:
+``python -m bench.provenance``. Three parts:
+
+**Cache-miss path.** What the wired stage adds to a miss: the worker's own
+``prepare_image`` (decode + preprocess for the tiny benchmark bundle, as the
+decode pool runs it) with ``--provenance-policy off`` against ``decide`` (with
+a trust list), on the images a miss sees: 12 MP JPEGs plain and C2PA-signed,
+a 1 MP JPEG, generator PNGs at SD output size. The provenance time is the
+``provenance_ms`` the pipeline itself records per image; the share is against
+the same call's decode + preprocess time.
 
 **Cost.** For each image the worker's own decode (``decode_image``, draft mode
 for JPEG as the worker uses it with a 224 px backbone, and the native decode)
@@ -118,6 +125,61 @@ def cost(reps: int) -> list[dict[str, object]]:
     return rows
 
 
+def miss_path(reps: int) -> list[dict[str, object]]:
+    """Per image on the cache-miss path: ``prepare_image`` as the decode pool runs it, provenance off vs decide."""
+    from bench.artifacts import TINY, ensure_bundle, large_photo
+    from devkit import provenance_images as pi
+    from schemas.provenance import ProvenancePolicy
+    from worker.model.bundle import LoadedBundle
+    from worker.model.rollout import Models
+    from worker.pipeline.images import prepare_image
+    from worker.pipeline.items import ProvenanceSettings
+
+    models = Models(LoadedBundle(ensure_bundle(TINY), ["CPUExecutionProvider"]))
+    ca = make_ca()
+    trust = TrustList.from_pem(ca.cert_pem)
+    off = ProvenanceSettings(ProvenancePolicy.off)
+    decide = ProvenanceSettings(ProvenancePolicy.decide, trust, PROV)
+    big = large_photo(4032, 3024)
+    big_jpeg = _encode(big, "JPEG", quality=90)
+    sd = big.resize((512, 512))
+    cases = {
+        "12MP JPEG q90": big_jpeg,
+        "12MP JPEG q90, C2PA-signed": sign_image(big_jpeg, "image/jpeg", make_signer(ca)),
+        "1MP JPEG q90": _encode(big.resize((1152, 864)), "JPEG", quality=90),
+        "512px A1111 PNG": pi.png_with_text({"parameters": pi.a1111_parameters()}, sd),
+        "512px ComfyUI PNG": pi.png_with_text({"prompt": pi.comfyui_prompt(), "workflow": pi.comfyui_workflow()}, sd),
+    }
+    rows = []
+    for name, data in cases.items():
+        prepare_image(data, models, DECODE, False, decide)  # warm-up
+        plain, read = [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            prepare_image(data, models, DECODE, False, off)
+            plain.append((time.perf_counter() - t0) * 1000)
+            p = prepare_image(data, models, DECODE, False, decide)
+            read.append((p.decode_ms, p.provenance_ms))
+        decode_ms = statistics.median(d for d, _ in read)
+        prov_ms = statistics.median(pr for _, pr in read)
+        rows.append(
+            {
+                "image": name,
+                "bytes": len(data),
+                "prepare_off_ms": round(statistics.median(plain), 2),
+                "decode_ms": round(decode_ms, 2),
+                "provenance_ms": round(prov_ms, 3),
+                "share_of_decode": round(prov_ms / decode_ms, 4),
+            }
+        )
+        print(
+            f"  {name:28s} prepare (off) {statistics.median(plain):8.2f} ms  decode+preprocess {decode_ms:8.2f} ms  "
+            f"provenance {prov_ms:7.3f} ms  ({100 * prov_ms / decode_ms:.2f}%)",
+            flush=True,
+        )
+    return rows
+
+
 def _variants(rgb: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndarray]:
     h, w = rgb.shape[:2]
     out = [rgb]
@@ -200,10 +262,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--reps", type=int, default=7, help="timed runs per case (median reported)")
     parser.add_argument("--variants", type=int, default=200, help="variants per colour photo for the false-positive count (grey photos get a tenth)")
     parser.add_argument("--skip-cost", action="store_true")
+    parser.add_argument("--skip-miss", action="store_true", help="skip the cache-miss path part (it builds the tiny benchmark bundle on first use)")
     parser.add_argument("--skip-fp", action="store_true")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
     out: dict[str, object] = {}
+    if not args.skip_miss:
+        print("cache-miss path, per image: prepare_image with provenance off vs decide (median of --reps):", flush=True)
+        out["miss_path"] = miss_path(args.reps)
     if not args.skip_cost:
         print("provenance stage cost per image (median of --reps):", flush=True)
         out["cost"] = cost(args.reps)

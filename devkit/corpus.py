@@ -632,9 +632,48 @@ def mutate_bytes(data: bytes, start: int, end: int, flips: int, seed: int) -> by
     return bytes(out)
 
 
+def jpeg_many_segments(n: int = 10_000) -> bytes:
+    """A JPEG with ``n`` tiny APP4 segments before its scan (past provenance's segment cap; Pillow skips them)."""
+    base = save(noise_image(64, 48, seed=6), "JPEG")
+    return base[:2] + (b"\xff\xe4" + struct.pack(">H", 6) + b"junk") * n + base[2:]
+
+
+def jpeg_c2pa_fuzzed(seed: int = 1, flips: int = 20) -> bytes:
+    """A JPEG signed by the devkit's test CA whose manifest store then had ``flips`` bytes changed (the SDK's CBOR and JUMBF parsers get garbage)."""
+    from devkit.c2pa_signing import make_ca, make_signer, sign_image
+
+    signed = sign_image(save(noise_image(96, 64, seed=8), "JPEG"), "image/jpeg", make_signer(make_ca()))
+    at = signed.find(b"jumb")
+    return mutate_bytes(signed, at + 200, at + 1500, flips, seed)
+
+
+def provenance_hostile_targets() -> dict[str, str]:
+    """Which signal kind (``SignalKind`` value) each of :func:`provenance_hostile_files` attacks: it must come out ``unreadable``."""
+    targets = {
+        "png-parameters-bomb": "generator_metadata",
+        "png-parameters-bombs-x4": "generator_metadata",
+        "png-itxt-parameters-bomb": "generator_metadata",
+        "png-many-chunks": "generator_metadata",
+        "png-deep-json": "generator_metadata",
+        "jpeg-many-segments": "c2pa",
+        "jpeg-c2pa-fuzzed": "c2pa",
+        "jpeg-xmp-billion-laughs": "iptc_digital_source_type",
+        "jpeg-xmp-xxe": "iptc_digital_source_type",
+        "png-xmp-deep": "iptc_digital_source_type",
+        "png-xmp-wide": "iptc_digital_source_type",
+        "webp-xmp-giant": "iptc_digital_source_type",
+        "jpeg-extended-xmp-2gib": "iptc_digital_source_type",
+    }
+    targets.update({f"jpeg-exif-{k}": "generator_metadata" for k in ("loop", "count", "offset", "huge")})
+    targets.update({f"jpeg-jumbf-{k}": "c2pa" for k in hostile_jumbf_stores()})
+    return targets
+
+
 def provenance_hostile_files() -> dict[str, bytes]:
     """Decodable images with hostile provenance metadata, by name (for a worker process: every one must get a verdict)."""
     return {
+        "jpeg-many-segments": jpeg_many_segments(),
+        "jpeg-c2pa-fuzzed": jpeg_c2pa_fuzzed(),
         "png-parameters-bomb": png_text_bomb(),
         "png-parameters-bombs-x4": png_text_bomb(chunks=4),
         "png-itxt-parameters-bomb": png_text_bomb(kind=b"iTXt"),

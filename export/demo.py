@@ -32,6 +32,7 @@ from PIL import Image
 from devkit.harness import OutputReader, Topics, publish, start_worker, stop, worker_env
 from devkit.servers import dev_servers
 from export.demo_drift import run_drift_scenario
+from export import demo_provenance
 from export.photos import load_rgb, photo_paths
 
 #: Fixed names, so a user can watch them with any Kafka client while the demo runs.
@@ -108,6 +109,7 @@ def build_uploads(round_tag: str, workdir: Path, count: int = 0) -> list[DemoUpl
     for name, data in corrupt_files(first_photo).items():
         uid = f"{round_tag}-{name}"
         uploads.append(DemoUpload(uid, "corrupt", data, [], uid.encode()))
+    uploads.extend(demo_provenance.uploads(round_tag, workdir))  # one image per kind of provenance evidence, and each stripped
     return uploads
 
 
@@ -176,8 +178,10 @@ def held_out_synthetic(workdir: Path, per_class: int = 2) -> dict[str, tuple[str
 
 
 def print_table(uploads: list[DemoUpload], reader: OutputReader, sent_at: float) -> dict[str, int]:
-    print(f"{'upload id':<34} {'what it is':<15} {'label':<14} {'score':>7} {'cached':<7} {'latency ms':>10} {'attribution':<24}")
-    print("-" * 117)
+    print(
+        f"{'upload id':<34} {'what it is':<15} {'label':<14} {'score':>7} {'cached':<7} {'latency ms':>10} {'attribution':<24}  {'decided_by':<10} provenance"
+    )
+    print("-" * 155)
     counts: dict[str, int] = {}
 
     def bump(key: str) -> None:
@@ -195,7 +199,10 @@ def print_table(uploads: list[DemoUpload], reader: OutputReader, sent_at: float)
             print(f"{u.upload_id:<34} {u.kind:<15} {'DEAD: ' + doc['error_code']:<30} {latency:>10.0f}")
             bump("dead_letter")
             continue
-        print(f"{u.upload_id:<34} {u.kind:<15} {doc['label']:<14} {doc['score']:>7.4f} {doc['cache']:<7} {latency:>10.0f} {_attribution(doc):<24}")
+        print(
+            f"{u.upload_id:<34} {u.kind:<15} {doc['label']:<14} {doc['score']:>7.4f} {doc['cache']:<7} {latency:>10.0f} {_attribution(doc):<24}  "
+            f"{demo_provenance.cell(doc)}"
+        )
         bump(doc["label"])
         bump("cache_" + doc["cache"])
         if u.kind.startswith("held-out"):
@@ -251,6 +258,7 @@ def run_demo(workdir: Path = Path(".aigis/demo"), count: int = 0) -> int:
             AIGIS_SESSION_TIMEOUT_MS="3000",
             AIGIS_HEARTBEAT_INTERVAL_MS="1000",
             AIGIS_PROVIDERS="CUDAExecutionProvider,CPUExecutionProvider",
+            **demo_provenance.worker_env(workdir),
         )
         log_path = workdir / "worker.log"
         log_path.unlink(missing_ok=True)

@@ -1,9 +1,15 @@
-"""Verdict cache in Redis, keyed by content sha256 and bundle sha256.
+"""Verdict cache in Redis, keyed by content sha256, bundle sha256 and provenance policy fingerprint.
 
-A score depends only on the image bytes and the model, so the key is exactly
-those two hashes: a new bundle never serves an old bundle's scores, and the same
-image uploaded twice (or replayed after a crash) is scored once. Reads and
-writes are one round trip per batch (MGET, pipelined SET EX).
+A score depends only on the image bytes and the model, and the provenance
+reading only on the bytes and the provenance rules (policy, trust anchors,
+reader version, limits: :func:`~worker.model.policy.policy_fingerprint`), so
+the key is exactly those three hashes: a new bundle never serves an old
+bundle's scores, a new policy or trust list never serves provenance read under
+the old one, and the same image uploaded twice (or replayed after a crash) is
+scored and read once. An entry (:class:`CachedVerdict`) holds the score and the
+provenance reading together; the label is decided from them again on every
+hit, so it always follows the policy the key names. Reads and writes are one
+round trip per batch (MGET, pipelined SET EX).
 
 Redis is an optimisation, never a dependency: every call has a socket timeout
 (retried once only for a broken pooled connection, never for a timeout), and a :class:`~worker.cache.circuit.CircuitBreaker`
@@ -58,13 +64,17 @@ from redis.retry import Retry
 
 from worker.cache.circuit import CircuitBreaker, State
 from worker.cache.phash import band_layout, bands, hamming
+from worker.ingest.provenance import ProvenanceReading
 from worker.model.scores import Score
 
 log = structlog.get_logger(__name__)
 
-KEY_PREFIX = "aigis:v1"
-#: Near-duplicate index keys; v2: sorted sets scored by expiry (v1 were plain sets).
-PHASH_PREFIX = "aigis:v2:ph"
+#: Verdict keys; v2: the provenance policy fingerprint after the bundle hash, entries carry the provenance reading.
+KEY_PREFIX = "aigis:v2"
+#: Near-duplicate index keys; v2: sorted sets scored by expiry (v1 were plain sets); v3: per policy fingerprint.
+PHASH_PREFIX = "aigis:v3:ph"
+#: Hex digits of the policy fingerprint in a key (64 bits: collisions between an operator's few policies are not a concern).
+POLICY_DIGITS = 16
 T = TypeVar("T")
 K = TypeVar("K", bound=Hashable)
 Scope = Literal["global", "tenant"]
@@ -91,22 +101,58 @@ def tenant_namespace(tenant: str | None) -> str:
     return "-" if tenant is None else hashlib.sha256(tenant.encode("utf-8", "surrogatepass")).hexdigest()[:32]
 
 
-def dumps(score: Score) -> bytes:
-    """A cache entry: the score, compact JSON (the bundle and content hashes are in the key)."""
-    entry = {"s": score.probability, "h": dict(score.heads), "a": dict(score.anomaly)}
+def policy_segment(policy: str) -> str:
+    """The policy fingerprint's part of a key (``-`` for none: callers that read no provenance)."""
+    return policy[:POLICY_DIGITS] if policy else "-"
+
+
+@dataclass(frozen=True)
+class CachedVerdict:
+    """What the cache keeps per image: the model's score and the provenance reading of the same bytes (None: not read)."""
+
+    score: Score
+    provenance: ProvenanceReading | None = None
+
+
+def _score_fields(score: Score) -> dict[str, Any]:
+    entry: dict[str, Any] = {"s": score.probability, "h": dict(score.heads), "a": dict(score.anomaly)}
     if score.attribution:  # only bundles with an attribution head; entries of others stay byte-identical
         entry["t"] = dict(score.attribution)
-    return json.dumps(entry, separators=(",", ":")).encode()
+    return entry
 
 
-def loads(raw: bytes | str) -> Score:
-    d = json.loads(raw)
+def _score_of(d: Mapping[str, Any]) -> Score:
     return Score(
         float(d["s"]),
         {k: float(v) for k, v in d.get("h", {}).items()},
         {k: float(v) for k, v in d.get("a", {}).items()},
         {k: float(v) for k, v in d.get("t", {}).items()},
     )
+
+
+def dumps(score: Score) -> bytes:
+    """A score as compact JSON (the bundle and content hashes are in the key)."""
+    return json.dumps(_score_fields(score), separators=(",", ":")).encode()
+
+
+def loads(raw: bytes | str) -> Score:
+    return _score_of(json.loads(raw))
+
+
+def dumps_entry(entry: CachedVerdict | Score) -> bytes:
+    """A cache entry: the score's fields, and ``p``, the provenance signals, when provenance was read."""
+    if isinstance(entry, Score):
+        entry = CachedVerdict(entry)
+    d = _score_fields(entry.score)
+    if entry.provenance is not None:
+        d["p"] = entry.provenance.to_jsonable()
+    return json.dumps(d, separators=(",", ":")).encode()
+
+
+def loads_entry(raw: bytes | str) -> CachedVerdict:
+    """An entry back; ``ValueError`` (a miss, logged) for one that does not parse, including a provenance record that fails its schema."""
+    d = json.loads(raw)
+    return CachedVerdict(_score_of(d), ProvenanceReading.from_jsonable(d["p"]) if "p" in d else None)
 
 
 @dataclass(frozen=True)
@@ -169,14 +215,18 @@ class VerdictCache:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def key(self, bundle_sha256: str, content_sha256: str, tenant: str | None = None) -> str:
-        """The Redis key of a verdict; the tenant is part of it only in tenant scope (hashed, never written raw)."""
-        if self.scope == "tenant":
-            return f"{KEY_PREFIX}:{bundle_sha256}:t:{tenant_namespace(tenant)}:{content_sha256}"
-        return f"{KEY_PREFIX}:{bundle_sha256}:{content_sha256}"
+    def key(self, bundle_sha256: str, content_sha256: str, tenant: str | None = None, *, policy: str = "") -> str:
+        """The Redis key of a verdict; the tenant is part of it only in tenant scope (hashed, never written raw).
 
-    def _key(self, bundle_sha256: str, key: object) -> str:
-        return self.key(bundle_sha256, *_parts(key))
+        ``policy``: the provenance policy fingerprint the entry was made under (see the module docstring).
+        """
+        base = f"{KEY_PREFIX}:{bundle_sha256}:{policy_segment(policy)}"
+        if self.scope == "tenant":
+            return f"{base}:t:{tenant_namespace(tenant)}:{content_sha256}"
+        return f"{base}:{content_sha256}"
+
+    def _key(self, bundle_sha256: str, key: object, policy: str) -> str:
+        return self.key(bundle_sha256, *_parts(key), policy=policy)
 
     def _namespace(self, key: object) -> str:
         return tenant_namespace(_parts(key)[1]) if self.scope == "tenant" else "g"
@@ -199,26 +249,34 @@ class VerdictCache:
         self.breaker.success()
         return result
 
-    def get_many(self, bundle_sha256: str, shas: Iterable[K]) -> dict[K, Score] | None:
+    def get_many(self, bundle_sha256: str, shas: Iterable[K], *, policy: str = "") -> dict[K, CachedVerdict] | None:
         """Hits by content sha (a ``str``) or :class:`ContentKey`, keyed as asked; ``None`` when Redis is unavailable."""
         keys = list(dict.fromkeys(shas))
         if not keys:
             return {}
-        values = self._call("get", lambda: self.client.mget([self._key(bundle_sha256, k) for k in keys]))
+        values = self._call("get", lambda: self.client.mget([self._key(bundle_sha256, k, policy) for k in keys]))
         if values is None:
             return None
-        hits: dict[K, Score] = {}
+        hits: dict[K, CachedVerdict] = {}
         for key, raw in zip(keys, values, strict=True):
             if raw is None:
                 continue
             try:
-                hits[key] = loads(raw)
-            except (ValueError, KeyError, TypeError):
+                hits[key] = loads_entry(raw)
+            except (ValueError, KeyError, TypeError):  # pydantic's ValidationError is a ValueError
                 log.warning("cache_entry_corrupt", content_sha256=_parts(key)[0])
         return hits
 
-    def set_many(self, bundle_sha256: str, entries: Mapping[K, Score], phashes: Mapping[K, int] | None = None, max_distance: int = 0) -> None:
-        """SET EX every score (and index the pHashes, expiring with them) in one pipelined round trip."""
+    def set_many(
+        self,
+        bundle_sha256: str,
+        entries: Mapping[K, CachedVerdict | Score],
+        phashes: Mapping[K, int] | None = None,
+        max_distance: int = 0,
+        *,
+        policy: str = "",
+    ) -> None:
+        """SET EX every entry (and index the pHashes, expiring with them) in one pipelined round trip."""
         if not entries:
             return
         expires = time.time() + self.ttl_s  # when SET EX below makes the verdicts expire
@@ -226,7 +284,7 @@ class VerdictCache:
         def write() -> Any:
             pipe = self.client.pipeline(transaction=False)
             for key, value in entries.items():
-                pipe.set(self._key(bundle_sha256, key), dumps(value), ex=self.ttl_s)
+                pipe.set(self._key(bundle_sha256, key, policy), dumps_entry(value), ex=self.ttl_s)
             if phashes:
                 layout = band_layout(max_distance)
                 now = time.time()
@@ -234,7 +292,7 @@ class VerdictCache:
                     if key not in entries:
                         continue
                     member = f"{h:016x}:{_parts(key)[0]}"
-                    for band in self._band_keys(bundle_sha256, key, h, layout):
+                    for band in self._band_keys(bundle_sha256, key, h, layout, policy):
                         pipe.zadd(band, {member: expires})
                         pipe.zremrangebyscore(band, "-inf", now)  # members whose verdicts have expired
                         pipe.zremrangebyrank(band, 0, -self.near_scan_limit - 1)  # keep the newest near_scan_limit
@@ -243,11 +301,12 @@ class VerdictCache:
 
         self._call("set", write)
 
-    def _band_keys(self, bundle_sha256: str, key: object, h: int, layout: list[tuple[int, int]]) -> list[str]:
+    def _band_keys(self, bundle_sha256: str, key: object, h: int, layout: list[tuple[int, int]], policy: str) -> list[str]:
         ns = self._namespace(key)
-        return [f"{PHASH_PREFIX}:{bundle_sha256}:{ns}:{len(layout)}:{i}:{v:x}" for i, v in enumerate(bands(h, layout))]
+        pol = policy_segment(policy)
+        return [f"{PHASH_PREFIX}:{bundle_sha256}:{pol}:{ns}:{len(layout)}:{i}:{v:x}" for i, v in enumerate(bands(h, layout))]
 
-    def near_many(self, bundle_sha256: str, phashes: Mapping[K, int], max_distance: int) -> dict[K, NearMatch] | None:
+    def near_many(self, bundle_sha256: str, phashes: Mapping[K, int], max_distance: int, *, policy: str = "") -> dict[K, NearMatch] | None:
         """For each key, the closest stored image within ``max_distance`` bits, in its scope (two round trips).
 
         Reads at most ``near_scan_limit`` unexpired members per looked-up image in
@@ -263,7 +322,7 @@ class VerdictCache:
         def candidates() -> Any:
             pipe = self.client.pipeline(transaction=False)
             for key, h in items:
-                for band in self._band_keys(bundle_sha256, key, h, layout):
+                for band in self._band_keys(bundle_sha256, key, h, layout, policy):
                     pipe.zrevrangebyscore(band, "+inf", now, start=0, num=per_band)
             return pipe.execute()
 
@@ -286,10 +345,17 @@ class VerdictCache:
         if not best:
             return {}
         wanted = list({(o, self._tenant_of(k)) for k, (_, o) in best.items()})
-        values = self._call("get", lambda: self.client.mget([self.key(bundle_sha256, o, t) for o, t in wanted]))
+        values = self._call("get", lambda: self.client.mget([self.key(bundle_sha256, o, t, policy=policy) for o, t in wanted]))
         if values is None:
             return None
-        scores = {w: loads(v) for w, v in zip(wanted, values, strict=True) if v is not None}
+        scores = {}
+        for w, v in zip(wanted, values, strict=True):
+            if v is None:
+                continue
+            try:
+                scores[w] = loads_entry(v).score  # the matched image's score; its provenance is about other bytes
+            except (ValueError, KeyError, TypeError):
+                log.warning("cache_entry_corrupt", content_sha256=w[0])
         return {k: NearMatch(scores[(o, self._tenant_of(k))], o, d) for k, (d, o) in best.items() if (o, self._tenant_of(k)) in scores}
 
     def close(self) -> None:

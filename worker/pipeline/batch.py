@@ -1,8 +1,9 @@
 """One batch of input records to one outcome (verdict or dead letter) each.
 
 This is the worker's logic without Kafka: parse -> fetch -> sha256 -> cache
-lookup -> decode/preprocess (thread pool) -> [near-duplicate lookup] ->
-inference in batches -> [shadow bundle] -> cache write -> outcomes. The Kafka
+lookup -> decode/preprocess + provenance (thread pool) -> [near-duplicate
+lookup] -> inference in batches -> [shadow bundle] -> cache write -> outcomes
+(the label under ``--provenance-policy``). The Kafka
 runtime (:mod:`worker.runtime.stages`) and the offline scorer (``python -m
 worker score``) both drive it, so they cannot drift apart.
 
@@ -25,12 +26,14 @@ import hashlib
 import time
 from collections.abc import Sequence
 from concurrent.futures import Executor, Future
+from pathlib import Path
 
 import numpy as np
 import structlog
 
 from schemas import CacheStatus, ErrorCode
-from worker.cache.verdicts import ContentKey, VerdictCache
+from schemas.provenance import ProvenancePolicy
+from worker.cache.verdicts import CachedVerdict, ContentKey, VerdictCache
 from worker.config import WorkerConfig
 from worker.errors import InputError
 from worker.ingest.decode_pool import DecodePool
@@ -73,9 +76,20 @@ class BatchProcessor:
         self._fetcher = fetcher
 
     @classmethod
-    def offline(cls, bundle: LoadedBundle, pool: Executor, max_batch: int = 32) -> BatchProcessor:
-        """One fixed bundle, default limits, no cache: the offline scorer and the evaluation run this."""
-        cfg = WorkerConfig(bundle=bundle.path, max_batch=max_batch, redis_url="")
+    def offline(
+        cls,
+        bundle: LoadedBundle,
+        pool: Executor,
+        max_batch: int = 32,
+        *,
+        provenance_policy: ProvenancePolicy = ProvenancePolicy.decide,
+        trust_anchors: Path | None = None,
+    ) -> BatchProcessor:
+        """One fixed bundle, default limits, no cache: the offline scorer and the evaluation run this.
+
+        Provenance as the worker's defaults have it (``decide``, no trust anchors) unless told otherwise.
+        """
+        cfg = WorkerConfig(bundle=bundle.path, max_batch=max_batch, redis_url="", provenance_policy=provenance_policy, provenance_trust_anchors=trust_anchors)
         return cls(PipelineSettings.from_config(cfg), Models(bundle), None, pool)
 
     # -- first half: parse, fetch, hash, cache, decode --------------------------------
@@ -129,16 +143,21 @@ class BatchProcessor:
             return ContentKey(it.sha, it.upload.tenant if it.upload else None)
         return it.sha
 
+    @property
+    def _policy(self) -> str:
+        """The provenance policy's fingerprint: part of every cache key (see :class:`~worker.pipeline.items.ProvenanceSettings`)."""
+        return self.settings.provenance.fingerprint
+
     def _lookup(self, pb: PreparedBatch, live: list[Item]) -> None:
-        hits: dict[CacheKey, Score] | None = {}
+        hits: dict[CacheKey, CachedVerdict] | None = {}
         if self.cache is not None and live:
             with self.metrics.timed("cache_read"):
-                hits = self.cache.get_many(pb.models.primary.sha256, {self._key(it) for it in live})
+                hits = self.cache.get_many(pb.models.primary.sha256, {self._key(it) for it in live}, policy=self._policy)
         for it in live:
             assert it.sha is not None
             hit = hits.get(self._key(it)) if hits else None
-            if hit is not None:
-                it.score, it.cache = hit, CacheStatus.hit
+            if hit is not None and (hit.provenance is not None or not self.settings.provenance.reads):
+                it.score, it.provenance, it.cache = hit.score, hit.provenance, CacheStatus.hit
             else:
                 pb.misses.setdefault(it.sha, []).append(it)
         if self.cache is not None and live:
@@ -160,28 +179,26 @@ class BatchProcessor:
                     continue
                 pb.ready.append((sha, prep))
                 for it in pb.misses[sha]:
-                    it.decode_ms = prep.decode_ms
+                    it.decode_ms, it.provenance = prep.decode_ms, prep.provenance
 
     def _submit_decode(self, models: Models, data: bytes) -> Future[Prepared]:
         limit = self.settings.decode_timeout_s
+        args = (data, models, self.settings.decode_limits, self.settings.near_distance is not None, self.settings.provenance)
         if isinstance(self.pool, DecodePool) and limit > 0:
             return self.pool.submit_limited(
                 limit,
                 lambda: InputError(ErrorCode.decode_timeout, f"decoding took longer than {limit:g}s"),
                 prepare_image,
-                data,
-                models,
-                self.settings.decode_limits,
-                self.settings.near_distance is not None,
+                *args,
             )
-        return self.pool.submit(prepare_image, data, models, self.settings.decode_limits, self.settings.near_distance is not None)
+        return self.pool.submit(prepare_image, *args)
 
     def _near_duplicates(self, pb: PreparedBatch) -> None:
         """Serve exact misses whose pHash is close to a cached image's (in their scope) from that image's score."""
         assert self.cache is not None and self.settings.near_distance is not None
         with self.metrics.timed("near_duplicate"):
             wanted = {self._key(it): p.phash for sha, p in pb.ready if p.phash is not None for it in pb.misses[sha]}
-            found = self.cache.near_many(pb.models.primary.sha256, wanted, self.settings.near_distance) or {}
+            found = self.cache.near_many(pb.models.primary.sha256, wanted, self.settings.near_distance, policy=self._policy) or {}
         keep = []
         for sha, prep in pb.ready:
             rest = []
@@ -190,7 +207,7 @@ class BatchProcessor:
                 if match is None:
                     rest.append(it)
                     continue
-                it.score, it.cache = match.score, CacheStatus.near_duplicate
+                it.score, it.cache = match.score, CacheStatus.near_duplicate  # the other image's score, this image's own provenance
                 log.debug("near_duplicate", content_sha256=sha, matched=match.content_sha256, distance=match.distance)
                 self.metrics.cache_lookups.inc(1, "near_duplicate")
             if rest:
@@ -208,9 +225,10 @@ class BatchProcessor:
                 self._shadow(pb, [(sha, prep) for sha, prep in pb.ready if sha in fresh])
             if self.cache is not None and fresh:
                 with self.metrics.timed("cache_write"):
-                    entries = {self._key(it): score for sha, score in fresh.items() for it in pb.misses[sha]}
+                    readings = {sha: p.provenance for sha, p in pb.ready}
+                    entries = {self._key(it): CachedVerdict(score, readings.get(sha)) for sha, score in fresh.items() for it in pb.misses[sha]}
                     phashes = {self._key(it): p.phash for sha, p in pb.ready if p.phash is not None and sha in fresh for it in pb.misses[sha]}
-                    self.cache.set_many(pb.models.primary.sha256, entries, phashes, self.settings.near_distance or 0)
+                    self.cache.set_many(pb.models.primary.sha256, entries, phashes, self.settings.near_distance or 0, policy=self._policy)
         return [self._outcome(pb.models, it) for it in pb.items]
 
     def process(self, records: Sequence[InputRecord]) -> list[Outcome]:
@@ -268,4 +286,19 @@ class BatchProcessor:
             error = it.error or InputError(ErrorCode.undecodable, "no image data")
             return outcomes.dead_letter_outcome(it.record, error, it.upload, limits)
         timings = outcomes.timings(it.record, it.picked_at, it.decode_ms, it.inference_ms)
-        return outcomes.verdict_outcome(it.record, it.upload, it.sha, it.score, models.primary, it.cache, timings, it.shadow, limits)
+        outcome = outcomes.verdict_outcome(
+            it.record,
+            it.upload,
+            it.sha,
+            it.score,
+            models.primary,
+            it.cache,
+            timings,
+            it.shadow,
+            limits,
+            provenance=it.provenance,
+            policy=self.settings.provenance.policy,
+        )
+        if outcome.verdict is not None:
+            self.metrics.count_provenance(outcome.verdict.provenance.signals, outcome.verdict.decided_by.value)
+        return outcome

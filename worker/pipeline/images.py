@@ -1,26 +1,38 @@
-"""One image's bytes to the tensors every bundle of its batch reads (runs on a decode thread).
+"""One image's bytes to the tensors every bundle of its batch reads, and its provenance (runs on a decode thread).
 
 Decoded once whatever the number of bundles: the primary's backbone input and
 native crop, the shadow's own tensors when its preprocessing differs, and the
 pHash when the near-duplicate index is on. Draft (DCT-domain) JPEG decoding is
 used only when no bundle could see the difference (:attr:`Models.draft_side`).
+
+Provenance is read here too, from the *original* bytes (the metadata and the
+C2PA hard binding are about those exact bytes; nothing here re-encodes them)
+plus the decoded image for the watermark, so the image is decoded once for
+both. It runs only for images that decode: an undecodable file is a dead
+letter whatever its metadata says, and a decodable one always gets its
+verdict, because the stage turns every parser failure into an ``unreadable``
+signal instead of raising.
 """
 
 from __future__ import annotations
 
 import time
 
+from PIL import Image
+
 from schemas import ErrorCode
+from schemas.provenance import C2paSignal, GeneratorSignal, IptcSignal, SignalStatus, WatermarkSignal
 from worker.cache.phash import phash
 from worker.errors import InputError
 from worker.ingest.decode import DecodeLimits, decode_image
 from worker.ingest.preprocess import clip_input, native_crop
+from worker.ingest.provenance import ProvenanceReading, read_provenance
 from worker.model.rollout import Models
-from worker.pipeline.items import Prepared
+from worker.pipeline.items import Prepared, ProvenanceSettings
 
 
-def prepare_image(data: bytes, models: Models, limits: DecodeLimits, with_phash: bool) -> Prepared:
-    """Decode under ``limits`` and preprocess for every bundle of ``models``; ``InputError`` for bad input."""
+def prepare_image(data: bytes, models: Models, limits: DecodeLimits, with_phash: bool, provenance: ProvenanceSettings | None = None) -> Prepared:
+    """Decode under ``limits``, preprocess for every bundle of ``models`` and read provenance; ``InputError`` for bad input."""
     t0 = time.perf_counter()
     primary, shadow = models.primary, models.shadow
     own = shadow if shadow is not None and not models.shadow_same_input else None
@@ -35,4 +47,25 @@ def prepare_image(data: bytes, models: Models, limits: DecodeLimits, with_phash:
         raise
     except Exception as exc:  # a decoder or resampler blowing up on odd data is still bad input
         raise InputError(ErrorCode.undecodable, f"image processing failed: {type(exc).__name__}: {exc}") from None
-    return Prepared(pixels, native, (time.perf_counter() - t0) * 1000, hashed, shadow_pixels, shadow_native)
+    decode_ms = (time.perf_counter() - t0) * 1000
+    reading, provenance_ms = None, 0.0
+    if provenance is not None and provenance.reads:
+        t1 = time.perf_counter()
+        reading = read_image_provenance(data, provenance, img)
+        provenance_ms = (time.perf_counter() - t1) * 1000
+    return Prepared(pixels, native, decode_ms, hashed, shadow_pixels, shadow_native, reading, provenance_ms)
+
+
+def read_image_provenance(data: bytes, settings: ProvenanceSettings, image: Image.Image | None) -> ProvenanceReading:
+    """``read_provenance`` under the worker's settings; never raises (a failure is four ``unreadable`` signals).
+
+    The reader already guards each signal; this catches what escapes it (a
+    ``MemoryError`` in a library, a bug), so that a decodable image can never
+    become a dead letter because of its metadata.
+    """
+    try:
+        return read_provenance(data, settings.limits, settings.trust, image=image)
+    except Exception as exc:
+        why = f"provenance stage failed: {type(exc).__name__}"
+        kinds = (C2paSignal, IptcSignal, GeneratorSignal, WatermarkSignal)
+        return ProvenanceReading(tuple(k(status=SignalStatus.unreadable, detail=why) for k in kinds))

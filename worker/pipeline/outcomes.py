@@ -27,10 +27,12 @@ from dataclasses import dataclass
 import structlog
 
 from schemas import Attribution, CacheStatus, DeadLetter, ErrorCode, ShadowScore, Timings, VerdictEvent, b64encode
+from schemas.provenance import C2paSignal, ProvenancePolicy, Signal, WatermarkSignal
 from worker.errors import InputError
+from worker.ingest.provenance import ProvenanceReading
 from worker.ingest.wire import InputRecord, Upload, best_effort_ids, encodable
 from worker.model.bundle import LoadedBundle
-from worker.model.policy import decide, thresholds
+from worker.model.policy import Decision, apply_provenance, thresholds
 from worker.model.scores import Score
 
 log = structlog.get_logger(__name__)
@@ -92,15 +94,29 @@ def verdict_outcome(
     timings: Timings,
     shadow: ShadowScore | None,
     limits: OutcomeLimits,
+    *,
+    provenance: ProvenanceReading | None = None,
+    policy: ProvenancePolicy = ProvenancePolicy.off,
 ) -> Outcome:
-    """The verdict for a scored upload; a dead letter if, against every check upstream, it cannot be sent."""
+    """The verdict for a scored upload; a dead letter if, against every check upstream, it cannot be sent.
+
+    ``provenance`` is the image's reading (None when none was made) and
+    ``policy`` the worker's ``--provenance-policy``: they set ``label``,
+    ``model_label``, ``decided_by`` and ``provenance`` through
+    :func:`~worker.model.policy.apply_provenance`; ``score`` is the model's
+    whatever they say.
+    """
     cal = bundle.manifest.calibration
     try:
+        decision = apply_provenance(score.probability, cal, provenance, policy)
         event = VerdictEvent(
             upload_id=upload.upload_id,
             tenant=upload.tenant,
             content_sha256=content_sha256,
-            label=decide(score.probability, cal),
+            label=decision.label,
+            model_label=decision.model_label,
+            decided_by=decision.decided_by,
+            provenance=decision.provenance,
             score=score.probability,
             thresholds=thresholds(cal),
             head_scores=dict(score.heads),
@@ -116,6 +132,7 @@ def verdict_outcome(
         reason = f"verdict could not be serialised: {type(exc).__name__}: {exc}"
         return dead_letter_outcome(record, InputError(ErrorCode.schema_invalid, reason), upload, limits)
     if outcome.size <= limits.max_record_bytes:
+        _log_decisive(record, upload, decision, score)
         return outcome
     reason = f"verdict is {outcome.size} bytes, more than the {limits.max_record_bytes} the producer accepts"
     return dead_letter_outcome(record, InputError(ErrorCode.schema_invalid, reason), upload, limits)
@@ -133,6 +150,33 @@ def attribution_for(score: Score, bundle: LoadedBundle) -> Attribution | None:
     if head is None or not score.attribution:
         return None
     return Attribution.from_probabilities(dict(score.attribution), head.unknown_threshold)
+
+
+def _log_decisive(record: InputRecord, upload: Upload, decision: Decision, score: Score) -> None:
+    """One line per signal that set a label (rare, and what an operator wants to see): which, how strong, against what score."""
+    for kind in decision.provenance.decisive:
+        sig = decision.provenance.signal(kind)
+        log.info(
+            "provenance_decided",
+            upload_id=upload.upload_id,
+            partition=record.partition,
+            offset=record.offset,
+            kind=kind.value,
+            strength=sig.strength.value if sig is not None else None,
+            evidence=_evidence(sig) if sig is not None else None,
+            label=decision.label.value,
+            model_label=decision.model_label.value,
+            score=round(score.probability, 5),
+        )
+
+
+def _evidence(sig: Signal) -> str | None:
+    """What identifies a decisive signal in a log line: the C2PA signer and source type, or the watermark payload."""
+    if isinstance(sig, C2paSignal):
+        return f"signer={sig.signer} issuer={sig.issuer} source={','.join(sig.digital_source_types)}"[:300]
+    if isinstance(sig, WatermarkSignal):
+        return f"payload={sig.payload} agreement={sig.agreement}"
+    return None
 
 
 def dead_letter_outcome(record: InputRecord, error: InputError, upload: Upload | None, limits: OutcomeLimits) -> Outcome:

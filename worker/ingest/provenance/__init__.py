@@ -17,6 +17,6 @@ from worker.ingest.provenance.trust import TrustList, TrustListError
 
 #: Bumped whenever a reader's output for the same bytes can change (a parser fix, a new payload, a threshold):
 #: part of the cache key material (worker.model.policy.policy_fingerprint), so cached provenance is re-read.
-READER_VERSION = 1
+READER_VERSION = 2
 
 __all__ = ["DEFAULT_LIMITS", "READER_VERSION", "ProvenanceLimits", "ProvenanceReading", "TrustList", "TrustListError", "read_provenance"]

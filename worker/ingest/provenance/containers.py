@@ -91,6 +91,12 @@ def walk(data: bytes, limits: ProvenanceLimits, text_keys: Collection[str]) -> C
 # -- JPEG --------------------------------------------------------------------------------------------------------
 
 
+def _stopped(c: Container, why: str) -> None:
+    """The walk stopped at a cap before the end of the metadata: whatever follows was not read, so no signal may say "absent"."""
+    for problems in (c.problems, c.text_problems, c.xmp_problems):
+        problems.append(why)
+
+
 def _walk_jpeg(data: bytes, limits: ProvenanceLimits, c: Container) -> None:
     i, n, segments = 2, len(data), 0
     extended: dict[bytes, tuple[int, dict[int, bytes]]] = {}  # extended XMP chunks by GUID: full length, {offset: bytes}
@@ -109,7 +115,7 @@ def _walk_jpeg(data: bytes, limits: ProvenanceLimits, c: Container) -> None:
             break
         segments += 1
         if segments > limits.max_chunks:
-            c.problems.append(f"JPEG has more than {limits.max_chunks} segments before its first scan")
+            _stopped(c, f"JPEG has more than {limits.max_chunks} segments before its first scan")
             break
         (length,) = struct.unpack(">H", data[i + 2 : i + 4])
         if length < 2 or i + 2 + length > n:
@@ -154,8 +160,7 @@ def _walk_png(data: bytes, limits: ProvenanceLimits, c: Container, text_keys: se
     while i + 8 <= n:
         chunks += 1
         if chunks > limits.max_chunks:
-            c.problems.append(f"PNG has more than {limits.max_chunks} chunks; the rest were not read")
-            c.text_problems.append(f"more than {limits.max_chunks} chunks")
+            _stopped(c, f"PNG has more than {limits.max_chunks} chunks; the rest were not read")
             break
         length, kind = struct.unpack(">I4s", data[i : i + 8])
         body_at = i + 8
@@ -235,7 +240,7 @@ def _walk_webp(data: bytes, limits: ProvenanceLimits, c: Container) -> None:
     while i + 8 <= n:
         chunks += 1
         if chunks > limits.max_chunks:
-            c.problems.append(f"WebP has more than {limits.max_chunks} chunks; the rest were not read")
+            _stopped(c, f"WebP has more than {limits.max_chunks} chunks; the rest were not read")
             break
         kind, length = data[i : i + 4], struct.unpack("<I", data[i + 4 : i + 8])[0]
         body_at = i + 8

@@ -138,3 +138,12 @@ class ProvenanceReading:
     @classmethod
     def loads(cls, raw: bytes | str) -> ProvenanceReading:
         return cls(tuple(_SIGNALS.validate_json(raw)))
+
+    def to_jsonable(self) -> list[dict[str, object]]:
+        """The signals as JSON-ready dicts (one field of a verdict cache entry)."""
+        return _SIGNALS.dump_python(list(self.signals), mode="json")
+
+    @classmethod
+    def from_jsonable(cls, value: object) -> ProvenanceReading:
+        """Back from :meth:`to_jsonable`'s form; ``ValueError`` (pydantic's ``ValidationError``) when it does not fit the schema."""
+        return cls(tuple(_SIGNALS.validate_python(value)))

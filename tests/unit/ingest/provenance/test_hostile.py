@@ -23,21 +23,7 @@ from worker.ingest.provenance import ProvenanceLimits, TrustList, read_provenanc
 HOSTILE = corpus.provenance_hostile_files()
 
 #: which signal each hostile file attacks (the one that must come out unreadable)
-TARGET = {
-    "png-parameters-bomb": SignalKind.generator,
-    "png-parameters-bombs-x4": SignalKind.generator,
-    "png-itxt-parameters-bomb": SignalKind.generator,
-    "png-many-chunks": SignalKind.generator,
-    "png-deep-json": SignalKind.generator,
-    "jpeg-xmp-billion-laughs": SignalKind.iptc,
-    "jpeg-xmp-xxe": SignalKind.iptc,
-    "png-xmp-deep": SignalKind.iptc,
-    "png-xmp-wide": SignalKind.iptc,
-    "webp-xmp-giant": SignalKind.iptc,
-    "jpeg-extended-xmp-2gib": SignalKind.iptc,
-    **{f"jpeg-exif-{k}": SignalKind.generator for k in ("loop", "count", "offset", "huge")},
-    **{f"jpeg-jumbf-{k}": SignalKind.c2pa for k in corpus.hostile_jumbf_stores()},
-}
+TARGET = {name: SignalKind(kind) for name, kind in corpus.provenance_hostile_targets().items()}
 
 
 def test_every_hostile_file_has_a_target() -> None:
@@ -119,3 +105,11 @@ def test_fuzzed_and_truncated_signed_files_never_raise(fmt: str) -> None:
             assert sig.digital_source_types == ["trainedAlgorithmicMedia"]  # a flip that left it valid changed nothing signed
     print(f"{fmt}: manifest bytes {end - start}, outcomes {seen}, slowest {slowest * 1000:.1f} ms")
     assert seen.get("unreadable/None", 0) + seen.get("found/invalid", 0) > 0
+
+
+@pytest.mark.parametrize("name", ["jpeg-many-segments", "png-many-chunks"])
+def test_a_walk_stopped_at_the_chunk_cap_reports_no_metadata_signal_absent(name: str) -> None:
+    """What lies past the cap was never looked at: "absent" would claim a check that did not happen."""
+    reading = read_provenance(HOSTILE[name], ProvenanceLimits())
+    statuses = {s.kind: s.status for s in reading.signals}
+    assert {statuses[k] for k in (SignalKind.c2pa, SignalKind.iptc, SignalKind.generator)} == {SignalStatus.unreadable}
