@@ -31,8 +31,8 @@ from PIL import Image
 
 from devkit.harness import OutputReader, Topics, publish, start_worker, stop, worker_env
 from devkit.servers import dev_servers
-from export.demo_drift import run_drift_scenario
 from export import demo_provenance
+from export.demo_drift import run_drift_scenario
 from export.photos import load_rgb, photo_paths
 
 #: Fixed names, so a user can watch them with any Kafka client while the demo runs.
