@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from export.bundle import HeadSpec, uncalibrated, write_bundle
@@ -42,7 +43,20 @@ def test_default_bank_is_every_training_embedding_and_the_decision_is_the_neares
     assert bank.shape == (300, 12)
     assert np.allclose(bank, unit(train.embeddings), atol=1e-6)
     assert np.array_equal(graph.labels.numpy(), train.labels.astype(np.float32))
-    nearest = np.argmax(unit(queries.embeddings) @ unit(train.embeddings).T, axis=1)  # brute force, cosine
+    sim = unit(queries.embeddings) @ unit(train.embeddings).T  # brute force, cosine
+    nearest = np.argmax(sim, axis=1)
+    probs = knn.predict_proba(queries)
+    assert np.array_equal((probs > 0.5).astype(np.int64), train.labels[nearest])  # the paper's decision
+    margin = np.where(train.labels == 1, sim, -3).max(axis=1) - np.where(train.labels == 0, sim, -3).max(axis=1)
+    assert np.allclose(probs, 1 / (1 + np.exp(-margin / 0.05)), atol=1e-5)  # graded by how much nearer the nearest fake is
+    assert len(np.unique(probs)) > 40
+
+
+def test_label_vote_is_the_nearest_neighbours_label() -> None:
+    train, queries = data(300, 12, 0), data(80, 12, 1)
+    knn = KNN(vote="label")
+    knn.fit(train)
+    nearest = np.argmax(unit(queries.embeddings) @ unit(train.embeddings).T, axis=1)
     assert np.array_equal(knn.predict_proba(queries), train.labels[nearest].astype(np.float32))
 
 
@@ -78,8 +92,8 @@ def test_float16_external_data_bank_round_trips_through_onnx_runtime(tmp_path: P
     assert side.is_file() and side.stat().st_size >= 400 * 16 * 2  # the bank lives beside the graph
     assert path.stat().st_size < 400 * 16 * 2
     got = OnnxModel(path, ["CPUExecutionProvider"]).run({"embedding": queries.embeddings}, ["probability"])["probability"]
-    assert np.array_equal(got, knn.predict_proba(queries))
-    assert parity(graph, path, [torch.from_numpy(queries.embeddings)], ["embedding"], ["probability"]) == 0.0
+    assert np.allclose(got, knn.predict_proba(queries), atol=1e-6)
+    assert parity(graph, path, [torch.from_numpy(queries.embeddings)], ["embedding"], ["probability"]) < 1e-6
 
 
 def test_served_bundle_with_an_external_data_bank_scores_like_pytorch(tmp_path: Path) -> None:
@@ -97,3 +111,21 @@ def test_served_bundle_with_an_external_data_bank_scores_like_pytorch(tmp_path: 
     assert export["fp16_fidelity"]["queries"] == 40 and 0.9 <= export["fp16_fidelity"]["same_decision_at_0.5"] <= 1.0
     served = LoadedBundle(out).score_embeddings(queries.embeddings).probability
     assert np.max(np.abs(served - knn.predict_proba(queries))) < 1e-6
+
+
+def test_a_bank_over_the_size_threshold_goes_to_external_data_by_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from export import onnx_io
+
+    train, queries = data(100, 8, 10), data(10, 8, 11)
+    knn = KNN()
+    knn.fit(train)
+    graph = knn.inference_module()
+    example = [torch.from_numpy(queries.embeddings[:2])]
+    inline = export_module(graph, example, ["embedding"], ["probability"], tmp_path / "a.onnx")
+    assert not external_data_file(inline).exists()  # 3 KB of bank: inside the protobuf
+    monkeypatch.setattr(onnx_io, "EXTERNAL_DATA_THRESHOLD", 100 * 8 * 4 - 1)  # the bank alone is over it
+    spilled = export_module(graph, example, ["embedding"], ["probability"], tmp_path / "b.onnx")
+    assert external_data_file(spilled).is_file()
+    got = OnnxModel(spilled, ["CPUExecutionProvider"]).run({"embedding": queries.embeddings}, ["probability"])["probability"]
+    assert np.allclose(got, knn.predict_proba(queries), atol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx", "b.onnx", "b.onnx.data"]  # no scratch files left behind
