@@ -78,7 +78,10 @@ class NTFGraph(nn.Module):
         self.std, self.trunk, self.shared, self.classifier = std, trunk, shared, classifier
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.classifier(self.shared(self.trunk(self.std(embedding))))).squeeze(-1)
+        h = self.trunk(self.std(embedding))
+        if "shared" in self._modules:  # a checkpoint saved before the stage-1 encoder has no shared layer
+            h = self.shared(h)
+        return torch.sigmoid(self.classifier(h)).squeeze(-1)
 
 
 def _sgd(params: Any, cfg: NTFConfig, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
