@@ -20,7 +20,7 @@ import torch
 
 from export.clip import ImageEncoder
 from export.heads.base import HeadMethod
-from export.onnx_io import export_module, parity
+from export.onnx_io import export_module, external_data_file, parity
 from schemas import Backbone, BundleManifest, Calibration, Head, HeadInput, Parity, Preprocess, PreprocessMode
 from worker.model.bundle import MANIFEST, BundleError, LoadedBundle, file_sha256
 
@@ -98,7 +98,12 @@ def write_bundle(
         module = method.inference_module()
         example = method.example_inputs(embed_dim, batch=2)
         file = f"head-{spec.name}.onnx"
-        export_module(module, example, input_names, output_names, out / file)
+        # A head may ask for external data (a kNN bank too big for one protobuf) and say how its weights are
+        # stored (e.g. a float16 bank and its measured fidelity); read from the module so loaded checkpoints keep it.
+        export_module(module, example, input_names, output_names, out / file, external_data=getattr(module, "external_data", None))
+        export_info = dict(getattr(module, "export_info", None) or {})
+        if external_data_file(out / file).is_file():
+            export_info["external_data"] = external_data_file(out / file).name
         check = [emb if s == "embedding" else t for s, t in zip(method.inputs, method.example_inputs(embed_dim, batch=len(emb)), strict=True)]
         head_diffs[spec.name] = parity(module, out / file, check, input_names, output_names)
         desc = method.describe()
@@ -111,7 +116,7 @@ def write_bundle(
                 anomaly_outputs=list(method.anomaly_outputs),
                 weight=spec.weight,
                 hyperparameters=desc["hyperparameters"],
-                training={"paper": desc["paper"], **spec.training},
+                training={"paper": desc["paper"], **({"export": export_info} if export_info else {}), **spec.training},
                 trained=spec.trained,
             )
         )

@@ -4,22 +4,42 @@ Two inputs: the CLIP embedding and a native-resolution S x S centre crop
 (``native_crop``; the worker's :func:`worker.ingest.preprocess.native_crop`, never a
 resized image: resampling erases the upsampling traces this stream looks for).
 
-Frequency stream, all inside the ONNX graph: grayscale (ITU-R BT.601 weights)
--> 2-D DCT-II as two MatMuls with a constant orthonormal basis (C X C^T) ->
-log magnitude -> standardisation per frequency (training statistics) -> a small
-CNN (three stride-2 3x3 convolutions, 8/16/32 channels, average pooling to 4x4
-so that coarse frequency *position* survives: a spectrum is not translation
-invariant) -> 128-d. Semantic stream: the standardised CLIP embedding -> 128-d
-(the paper's RGB stream is an EfficientNet-B4; here CLIP is the design's frozen
-backbone). Fusion: concatenation -> Linear + ReLU (128) -> logit.
+Frequency stream, all inside the ONNX graph (:class:`HighPassDCT`): grayscale
+(ITU-R BT.601 weights) -> minus its mean -> 2-D DCT-II as two MatMuls with a
+constant orthonormal basis (C X C^T) -> **high-pass**: the DC coefficient and
+every low frequency u + v < ``lowcut`` x S are set to 0 -> log1p(|c| / eps) ->
+divided by each frequency's training RMS -> a small CNN (three stride-2 3x3
+convolutions, 8/16/32 channels, average pooling to 4x4 so that coarse
+frequency *position* survives: a spectrum is not translation invariant) ->
+128-d. AIRL looks at "the high frequency spectral noise generated when
+upsampling" and detects "by isolating the high-frequency residuals"; the
+high-pass keeps the image's content (its DC and low frequencies, which carry
+the semantics the other stream already sees) out of this stream. Every step
+maps a zero residual to zero, so a flat image, or any image's low-frequency
+part, gives an all-zero frequency input. Semantic stream: the standardised
+CLIP embedding -> 128-d (the paper's RGB stream is an EfficientNet-B4; here
+CLIP is the design's frozen backbone). Fusion: concatenation -> Linear + ReLU
+(128) -> logit.
 
 Loss: supervised contrastive loss on a projection of the fused feature with
 two classes, real and fake, so that all generators are one class (the paper's
-"force the model to apply all fakes to a single class") plus BCE.
+"force the model to apply all fakes to a single class") plus BCE
+(class-balanced ``pos_weight``, ours, as in :mod:`export.heads.gendet`).
+
+Training augmentation, for the robustness the paper reports ("a mixture of
+Blur and JPEG compression"): every epoch each training crop is, with
+probability ``blur_prob`` (0.5), Gaussian-blurred with sigma ~ U[0, 3) and,
+with probability ``jpeg_prob`` (0.5), JPEG round-tripped at a quality drawn
+from 30..100: UniversalFakeDetect's draws (:mod:`export.augment`), applied to
+the 64-px crop (the embedding was computed once from the clean image, so only
+the frequency stream sees the degraded pixels; ``embed --augment`` covers the
+semantic stream).
 
 The paper gives no hyper-parameters; chosen here and configurable: crop 64,
-temperature 0.1, CE weight 1.0, AdamW lr 1e-3, weight decay 1e-4, 30 epochs,
-batch 64.
+low-frequency cut 1/4 of the crop side (u + v < 16 at 64 px: 136 of 4096
+coefficients, periods longer than ~8 px), temperature 0.1, CE weight 1.0,
+AdamW lr 1e-3, weight decay 1e-4, 30 epochs, batch 64, the augmentation
+probabilities above.
 """
 
 from __future__ import annotations
@@ -31,6 +51,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from export.augment import AugmentSpec, gaussian_blur, jpeg_round_trip
 from export.heads.base import EmbeddingSet, FitReport, HeadConfig, HeadMethod
 from export.heads.blocks import Standardize, balanced_class_weight, minibatches, mlp, require_both_classes
 from export.heads.losses import supcon_loss
@@ -59,10 +80,17 @@ class FreqConfig(HeadConfig):
     epochs: int = 30
     batch_size: int = 64
     log_eps: float = 1e-4
+    lowcut: float = 0.25
+    blur_prob: float = 0.5
+    jpeg_prob: float = 0.5
 
 
 class LogDCT(nn.Module):
-    """RGB crop in [0,1] (N, 3, S, S) -> standardised log |DCT-II| of its grayscale (N, 1, S, S)."""
+    """RGB crop in [0,1] (N, 3, S, S) -> standardised log |DCT-II| of its grayscale (N, 1, S, S), DC included.
+
+    The stream before the high-pass (:class:`HighPassDCT`); kept so that freq
+    checkpoints saved with it still load and export as they were trained.
+    """
 
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
@@ -88,6 +116,45 @@ class LogDCT(nn.Module):
         return (self.spectrum(crop) - self.mean) / self.std
 
 
+def lowpass_mask(size: int, lowcut: float) -> np.ndarray:
+    """1 where a DCT coefficient (u, v) is kept (u + v >= lowcut * size, never DC), 0 where the high-pass drops it."""
+    cut = max(1, round(lowcut * size))
+    u, v = np.indices((size, size))
+    return ((u + v) >= cut).astype(np.float32)
+
+
+class HighPassDCT(nn.Module):
+    """RGB crop in [0,1] (N, 3, S, S) -> scaled log1p(|high-pass DCT-II| / eps) of its grayscale (N, 1, S, S)."""
+
+    def __init__(self, size: int, eps: float, lowcut: float) -> None:
+        super().__init__()
+        self.register_buffer("basis", torch.from_numpy(dct_matrix(size)))
+        self.register_buffer("gray", torch.tensor(GRAY).view(1, 3, 1, 1))
+        self.register_buffer("keep", torch.from_numpy(lowpass_mask(size, lowcut)).view(1, 1, size, size))
+        self.register_buffer("scale", torch.ones(1, 1, size, size))
+        self.eps = eps
+
+    def coefficients(self, crop: torch.Tensor) -> torch.Tensor:
+        """DCT-II of the grayscale residual (image minus its mean), low frequencies zeroed."""
+        g = (crop * self.gray).sum(dim=1, keepdim=True)
+        g = g - g.mean(dim=(2, 3), keepdim=True)
+        return torch.matmul(torch.matmul(self.basis, g), self.basis.t()) * self.keep
+
+    def unscaled(self, crop: torch.Tensor) -> torch.Tensor:
+        return torch.log1p(self.coefficients(crop).abs() / self.eps)
+
+    @torch.no_grad()
+    def fit(self, crops: torch.Tensor, batch: int = 256) -> HighPassDCT:
+        """Per-frequency RMS over the training crops (RMS, not std: a zero residual must stay zero)."""
+        sq = sum((self.unscaled(crops[lo : lo + batch]) ** 2).sum(dim=0, keepdim=True) for lo in range(0, len(crops), batch))
+        rms = torch.sqrt(torch.as_tensor(sq) / max(1, len(crops)))
+        self.scale.copy_(rms.clamp(min=1e-3))
+        return self
+
+    def forward(self, crop: torch.Tensor) -> torch.Tensor:
+        return self.unscaled(crop) / self.scale
+
+
 class FreqNet(nn.Module):
     """The fused two-stream network; ``features`` feeds both the classifier and the SupCon projection."""
 
@@ -97,7 +164,7 @@ class FreqNet(nn.Module):
         if s % 32:
             raise ValueError(f"freq crop_size must be a multiple of 32, got {s}")
         c1, c2, c3 = cfg.channels
-        self.dct = LogDCT(s, cfg.log_eps)
+        self.dct: nn.Module = HighPassDCT(s, cfg.log_eps, cfg.lowcut)
         self.cnn = nn.Sequential(
             nn.Conv2d(1, c1, 3, stride=2, padding=1),
             nn.ReLU(),
@@ -120,6 +187,26 @@ class FreqNet(nn.Module):
 
     def forward(self, embedding: torch.Tensor, native_crop: torch.Tensor) -> torch.Tensor:
         return torch.sigmoid(self.classifier(self.features(embedding, native_crop))).squeeze(-1)
+
+
+def degrade(crops: torch.Tensor, rng: np.random.Generator, cfg: FreqConfig) -> tuple[torch.Tensor, int]:
+    """UFD's blur / JPEG draws on a batch of [0,1] crops (N, 3, S, S); returns the batch and how many crops were changed."""
+    spec = AugmentSpec()
+    out = crops.clone()
+    changed = 0
+    for i in range(len(crops)):
+        sigma = float(rng.uniform(*spec.blur_sigma)) if rng.random() < cfg.blur_prob else None
+        quality = int(rng.integers(spec.jpeg_quality[0], spec.jpeg_quality[1] + 1)) if rng.random() < cfg.jpeg_prob else None
+        if sigma is None and quality is None:
+            continue
+        rgb = np.clip(np.rint(crops[i].permute(1, 2, 0).numpy() * 255.0), 0, 255).astype(np.uint8)
+        if sigma is not None:
+            rgb = gaussian_blur(rgb, sigma)
+        if quality is not None:
+            rgb = np.ascontiguousarray(jpeg_round_trip(rgb, quality))
+        out[i] = torch.from_numpy(rgb.astype(np.float32) / 255.0).permute(2, 0, 1)
+        changed += 1
+    return out, changed
 
 
 class Freq(HeadMethod):
@@ -152,7 +239,9 @@ class Freq(HeadMethod):
         crops = torch.from_numpy(train.native)
         y = torch.from_numpy(train.labels)
         net.std.fit(train.embeddings)
+        assert isinstance(net.dct, HighPassDCT)
         net.dct.fit(crops)
+        rng = np.random.default_rng(cfg.seed)
         proj = mlp(cfg.feature, cfg.feature, cfg.proj_dim)
         params = [p for n, p in net.named_parameters() if not n.startswith(("std.", "dct."))] + list(proj.parameters())
         opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -160,11 +249,13 @@ class Freq(HeadMethod):
         history: list[dict[str, Any]] = []
         for epoch in tqdm(range(1, cfg.epochs + 1), desc="freq", disable=not progress):
             net.train()
-            sums, batches = np.zeros(3), 0
+            sums, batches, augmented = np.zeros(3), 0, 0
             for idx in minibatches(len(x), cfg.batch_size, gen):
                 if len(idx) < 2:
                     continue
-                feats = net.features(x[idx], crops[idx])
+                batch_crops, n_aug = degrade(crops[idx], rng, cfg)
+                augmented += n_aug
+                feats = net.features(x[idx], batch_crops)
                 l_con = supcon_loss(proj(feats), y[idx], cfg.tau)
                 l_ce = bce(net.classifier(feats).squeeze(-1), y[idx].float())
                 loss = l_con + cfg.ce_weight * l_ce
@@ -174,7 +265,7 @@ class Freq(HeadMethod):
                 sums += [loss.item(), l_con.item(), l_ce.item()]
                 batches += 1
             sums /= max(1, batches)
-            history.append({"stage": "freq", "epoch": epoch, "loss": sums[0], "supcon": sums[1], "ce": sums[2]})
+            history.append({"stage": "freq", "epoch": epoch, "loss": sums[0], "supcon": sums[1], "ce": sums[2], "augmented": augmented / len(x)})
         self.net = net.eval()
         return FitReport(epochs=cfg.epochs, final_loss=float(history[-1]["loss"]) if history else float("nan"), history=history)
 

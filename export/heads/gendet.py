@@ -21,13 +21,32 @@ space: x + W(block(tokens(x))) with W initialised to zero, so G starts as the
 identity (an un-augmented fake) and learns its perturbation adversarially.
 
 Learning rates are the paper's UniversalFakeDetect column: teacher 1e-5,
-student 1e-4, classifier 1e-5. Not in the paper, so chosen here and
-configurable: G's rate (1e-4, the student's, as its adversary), epochs of the
-teacher and of the classifier (10 each), batch size (64), binary classifiers as
-one logit with BCE (equivalent to two-way softmax CE). The student's stages (a)
-and (b) share one AdamW state, so alpha scales the fake-stage gradient relative
-to the real-stage one as in a joint loss (with separate Adam states a constant
-factor would be normalised away).
+student 1e-4, classifier 1e-5; the optimiser is AdamW, as in the paper. Not in
+the paper, so chosen here and configurable: G's rate (1e-4, the student's, as
+its adversary), epochs of the teacher and of the classifier (10 each), batch
+size (64), binary classifiers as one logit with BCE (equivalent to two-way
+softmax CE). The student's stages (a) and (b) share one AdamW state, so alpha
+scales the fake-stage gradient relative to the real-stage one as in a joint
+loss (with separate Adam states a constant factor would be normalised away).
+
+Three more training choices are ours, not the paper's (which names only AdamW
+and the rates), each for a reason:
+
+* **Class-balanced BCE** for the teacher and the classifier N_c:
+  ``pos_weight = n_real / n_fake`` (:func:`~export.heads.blocks.balanced_class_weight`).
+  UniversalFakeDetect's ProGAN set is balanced, where it is 1.0 and changes
+  nothing; our training splits (leave-one-generator-out, several generators
+  against one real pool) are not, and an unweighted BCE would tilt both
+  classifiers toward the majority class.
+* **Best-epoch restore**: with a validation split, the teacher and N_c keep
+  the weights of their lowest validation loss (class-balanced BCE) over their
+  epochs, not the last epoch's; the paper reports no validation or early
+  stopping. The student and G, trained adversarially against each other, keep
+  their last rotation (a validation loss of one player says little about the
+  pair).
+* **Weight decay 0.01** on every AdamW (teacher, student, G, N_c, and
+  GenDet-DR's autoencoder): the paper gives none, so this is PyTorch's AdamW
+  default, the value the paper's "AdamW" runs with unless it says otherwise.
 
 Outputs: ``probability`` and the raw ``discrepancy`` mean(D) per image, an
 anomaly score independent of N_c that is worth monitoring for drift.

@@ -2,33 +2,44 @@
 
 Stage 1, natural-trace representation learning, on *real* images only: two
 augmented views per real image (``python -m export embed --views``) go through
-two projection heads (two-layer MLPs, output 128): f_het trained with the
-self-supervised contrastive loss L_het (eq. 1), f_hom with L_hom (eq. 2), and
-soft orthogonality L_orth between them (eq. 3):
-L_tra = L_hom + L_het + lambda L_orth, lambda = 0.1. (Readings of eq. 2 and 3
-are in :mod:`export.heads.losses`: eq. 2's argmax is taken as the max, eq. 3's
-cos as |cos|.)
+the feature encoder E and two projection heads (two-layer MLPs, output 128):
+f_het trained with the self-supervised contrastive loss L_het (eq. 1), f_hom
+with L_hom (eq. 2), and soft orthogonality L_orth between them (eq. 3):
+L_tra = L_hom + L_het + lambda L_orth, lambda = 0.1; E, f_hom and f_het all
+learn. (Readings of eq. 2 and 3 are in :mod:`export.heads.losses`: eq. 2's
+argmax is taken as the max, eq. 3's cos as |cos|.)
 
-Stage 2, transfer learning, on real and fake images with f_hom frozen: an
-auxiliary projection head g for the soft contrastive loss (eq. 5, with the
-homogeneous features of the batch's real images as extra positives for real
-anchors and negatives for fake anchors, eta = 0.5) and a classification head
-with BCE (eq. 6): L_d = L_scl + gamma L_ce, gamma = 0.5.
+Stage 2, transfer learning, on real and fake images with E (and f_hom) frozen,
+as the paper's "the feature encoder is frozen during this stage": the stage-1
+encoder is reused unchanged, an auxiliary projection head g for the soft
+contrastive loss (eq. 5, with the homogeneous features f_hom(E(x)) of the
+batch's real images as extra positives for real anchors and negatives for fake
+anchors, eta = 0.5) and a classification head with BCE (eq. 6):
+L_d = L_scl + gamma L_ce, gamma = 0.5.
 
-Deviations, and why:
+Optimiser as the paper: SGD, momentum 0.9, weight decay ("attenuation") 1e-3,
+200 epochs in stage 1, 10 in stage 2, "an initial learning rate of 0.1": an
+initial rate implies a schedule the paper does not name; we decay it with
+cosine annealing to 0 over each stage's epochs (stepped per epoch; the rate of
+every epoch is in the fit history).
 
-* The paper's encoder is a ResNet-50 trained in stage 1 and frozen in stage 2.
-  Here the encoder is the frozen CLIP model in both stages (the design's rule:
-  heads train on frozen embeddings), so both projection heads learn on the
-  embedding. For the soft contrastive loss to shape what the classifier sees,
-  g and the classifier share a trainable trunk (Linear + ReLU, 512) on the
-  embedding; without it g and the classifier would be independent and SCL
-  would do nothing for detection.
+Deviations and readings, and why:
+
+* The paper's encoder E is an ImageNet ResNet-50 trained in stage 1. Here the
+  pixels go through the frozen CLIP model first (the design's rule: heads
+  train on frozen embeddings) and E is a trainable layer on the standardised
+  embedding (Linear + ReLU, width ``hidden`` 512): it plays the paper's E,
+  trained by L_tra in stage 1 and frozen in stage 2.
+* With E frozen, g and a classifier that both read E's output directly would
+  be independent, and SCL would shape nothing the classifier sees. We read
+  the classification head as sharing g's first layer: g = W2 ReLU(W1 e) feeds
+  SCL, the classifier is a linear layer on ReLU(W1 e), so eq. 5 and eq. 6 train
+  the same features, as the paper's "jointly optimized transfer training and
+  binary classification" asks.
 * Augmentations are the ones ``embed --views`` applies (random resized crop,
   flip, colour jitter on the decoded image), not the paper's 32-px crops.
 * Temperature tau (0.1) and the projection heads' hidden width (512) are not
-  given in the paper. Optimiser as the paper: SGD, momentum 0.9, lr 0.1,
-  weight decay 1e-3; 200 epochs in stage 1, 10 in stage 2.
+  given in the paper.
 """
 
 from __future__ import annotations
@@ -60,16 +71,28 @@ class NTFConfig(HeadConfig):
 
 
 class NTFGraph(nn.Module):
-    def __init__(self, std: Standardize, trunk: nn.Module, classifier: nn.Module) -> None:
+    """Inference: standardise -> E (stage 1, frozen) -> g's first layer -> classifier."""
+
+    def __init__(self, std: Standardize, trunk: nn.Module, shared: nn.Module, classifier: nn.Module) -> None:
         super().__init__()
-        self.std, self.trunk, self.classifier = std, trunk, classifier
+        self.std, self.trunk, self.shared, self.classifier = std, trunk, shared, classifier
 
     def forward(self, embedding: torch.Tensor) -> torch.Tensor:
-        return torch.sigmoid(self.classifier(self.trunk(self.std(embedding)))).squeeze(-1)
+        h = self.trunk(self.std(embedding))
+        if "shared" in self._modules:  # a checkpoint saved before the stage-1 encoder has no shared layer
+            h = self.shared(h)
+        return torch.sigmoid(self.classifier(h)).squeeze(-1)
 
 
-def _sgd(params: Any, cfg: NTFConfig) -> torch.optim.Optimizer:
-    return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+def _sgd(params: Any, cfg: NTFConfig, epochs: int) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """The paper's SGD, with the initial rate cosine-annealed to 0 over ``epochs``."""
+    opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return opt, torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, epochs))
+
+
+def encoder(dim: int, hidden: int) -> nn.Sequential:
+    """The feature encoder E on the standardised embedding: trained in stage 1, frozen in stage 2."""
+    return nn.Sequential(nn.Linear(dim, hidden), nn.ReLU())
 
 
 class NTF(HeadMethod):
@@ -98,55 +121,63 @@ class NTF(HeadMethod):
         std = Standardize(train.dim).fit(train.embeddings).eval()
         history: list[dict[str, Any]] = []
 
-        # Stage 1: homogeneous / heterogeneous projection heads on real images' two views.
+        # Stage 1: encoder E + homogeneous / heterogeneous projection heads on real images' two views.
         with torch.no_grad():
             v = torch.from_numpy(train.views[has_views])
             v1, v2 = std(v[:, 0]), std(v[:, 1])
-        f_hom = mlp(train.dim, cfg.hidden, cfg.proj_dim)
-        f_het = mlp(train.dim, cfg.hidden, cfg.proj_dim)
-        opt = _sgd([*f_hom.parameters(), *f_het.parameters()], cfg)
+        trunk = encoder(train.dim, cfg.hidden)
+        f_hom = mlp(cfg.hidden, cfg.hidden, cfg.proj_dim)
+        f_het = mlp(cfg.hidden, cfg.hidden, cfg.proj_dim)
+        opt, sched = _sgd([*trunk.parameters(), *f_hom.parameters(), *f_het.parameters()], cfg, cfg.stage1_epochs)
         for epoch in tqdm(range(1, cfg.stage1_epochs + 1), desc="ntf stage 1", disable=not progress):
             sums = np.zeros(4)
             batches = 0
+            lr = opt.param_groups[0]["lr"]
             for idx in minibatches(len(v1), cfg.batch_size, gen):
                 if len(idx) < 2:
                     continue
-                h1, h2 = f_hom(v1[idx]), f_hom(v2[idx])
-                e1, e2 = f_het(v1[idx]), f_het(v2[idx])
-                l_het = het_loss(e1, e2, cfg.tau)
+                e1, e2 = trunk(v1[idx]), trunk(v2[idx])
+                h1, h2 = f_hom(e1), f_hom(e2)
+                t1, t2 = f_het(e1), f_het(e2)
+                l_het = het_loss(t1, t2, cfg.tau)
                 l_hom = hom_loss(h1, h2)
-                l_orth = orth_loss(torch.cat([h1, h2]), torch.cat([e1, e2]))
+                l_orth = orth_loss(torch.cat([h1, h2]), torch.cat([t1, t2]))
                 loss = l_hom + l_het + cfg.lam * l_orth
                 opt.zero_grad()
                 loss.backward()
                 opt.step()
                 sums += [loss.item(), l_het.item(), l_hom.item(), l_orth.item()]
                 batches += 1
+            sched.step()
             sums /= max(1, batches)
-            history.append({"stage": "natural-trace", "epoch": epoch, "loss": sums[0], "het": sums[1], "hom": sums[2], "orth": sums[3]})
-        f_hom.eval()
-        for p in f_hom.parameters():
-            p.requires_grad_(False)
+            history.append({"stage": "natural-trace", "epoch": epoch, "lr": lr, "loss": sums[0], "het": sums[1], "hom": sums[2], "orth": sums[3]})
+        for module in (trunk, f_hom):  # stage 2 reuses E and f_hom as stage 1 left them
+            module.eval()
+            for p in module.parameters():
+                p.requires_grad_(False)
 
-        # Stage 2: soft contrastive transfer + BCE classifier, f_hom frozen.
+        # Stage 2: soft contrastive transfer + BCE classifier on the frozen encoder's features.
         x = std(torch.from_numpy(train.embeddings)).detach()
         y = torch.from_numpy(train.labels)
-        trunk = nn.Sequential(nn.Linear(train.dim, cfg.hidden), nn.ReLU())
-        proj = mlp(cfg.hidden, cfg.hidden, cfg.proj_dim)
+        shared = nn.Sequential(nn.Linear(cfg.hidden, cfg.hidden), nn.ReLU())  # g's first layer, read by the classifier too
+        g_out = nn.Linear(cfg.hidden, cfg.proj_dim)
         classifier = nn.Linear(cfg.hidden, 1)
-        opt = _sgd([*trunk.parameters(), *proj.parameters(), *classifier.parameters()], cfg)
+        opt, sched = _sgd([*shared.parameters(), *g_out.parameters(), *classifier.parameters()], cfg, cfg.stage2_epochs)
         bce = nn.BCEWithLogitsLoss()
         for epoch in tqdm(range(1, cfg.stage2_epochs + 1), desc="ntf stage 2", disable=not progress):
             sums = np.zeros(3)
             batches = 0
+            lr = opt.param_groups[0]["lr"]
             for idx in minibatches(len(x), cfg.batch_size, gen):
                 if len(idx) < 2:
                     continue
                 xb, yb = x[idx], y[idx]
-                feats = trunk(xb)
-                real = yb == 0
-                hom = f_hom(xb[real]) if bool(real.any()) else None
-                l_scl = soft_contrastive_loss(proj(feats), yb, hom, cfg.eta, cfg.tau)
+                with torch.no_grad():
+                    e = trunk(xb)
+                    real = yb == 0
+                    hom = f_hom(e[real]) if bool(real.any()) else None
+                feats = shared(e)
+                l_scl = soft_contrastive_loss(g_out(feats), yb, hom, cfg.eta, cfg.tau)
                 l_ce = bce(classifier(feats).squeeze(-1), yb.float())
                 loss = l_scl + cfg.gamma * l_ce
                 opt.zero_grad()
@@ -154,12 +185,14 @@ class NTF(HeadMethod):
                 opt.step()
                 sums += [loss.item(), l_scl.item(), l_ce.item()]
                 batches += 1
+            sched.step()
             sums /= max(1, batches)
-            history.append({"stage": "transfer", "epoch": epoch, "loss": sums[0], "scl": sums[1], "ce": sums[2]})
+            history.append({"stage": "transfer", "epoch": epoch, "lr": lr, "loss": sums[0], "scl": sums[1], "ce": sums[2]})
         self.f_hom = f_hom
-        self.graph = NTFGraph(std, trunk.eval(), classifier.eval()).eval()
-        notes = [f"stage 1 on {int(has_views.sum())} real images x 2 views"]
-        return FitReport(epochs=cfg.stage1_epochs + cfg.stage2_epochs, final_loss=float(history[-1]["loss"]), history=history, notes=notes)
+        self.graph = NTFGraph(std, trunk, shared.eval(), classifier.eval()).eval()
+        notes = [f"stage 1 on {int(has_views.sum())} real images x 2 views; encoder frozen in stage 2; lr cosine-annealed from {cfg.lr:g} in each stage"]
+        final = float(history[-1]["loss"]) if history else float("nan")
+        return FitReport(epochs=cfg.stage1_epochs + cfg.stage2_epochs, final_loss=final, history=history, notes=notes)
 
     def inference_module(self) -> nn.Module:
         if self.graph is None:

@@ -102,7 +102,7 @@ def test_gendet_exports_the_raw_discrepancy_and_it_is_zero_when_student_is_teach
 
 def test_knn_graph_holds_the_bank_and_votes_by_neighbours() -> None:
     data = toy_set()
-    method = heads.get("knn")(k=1, bank_size=64)
+    method = heads.get("knn")(k=1, bank_size=64, vote="label")
     method.fit(data)
     probs = method.predict_proba(data)  # each point's nearest neighbour is itself
     assert np.array_equal(probs, data.labels.astype(np.float32))

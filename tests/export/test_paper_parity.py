@@ -85,7 +85,7 @@ def _bundle(setup: dict, mode: str) -> tuple[Path, Path, list[str]]:  # type: ig
         arch=TINY,
         pretrained=ckpt,
         profile="small-data",
-        overrides={"knn": {"k": 1}},  # the paper's rule: the nearest neighbour's label
+        overrides={"knn": {"k": 1, "vote": "label"}},  # the paper's output: the nearest neighbour's label
         progress=False,
         save_heads=heads,
     )
