@@ -29,7 +29,6 @@ import json
 import platform
 import shlex
 import shutil
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -249,11 +248,7 @@ def run(args: argparse.Namespace) -> int:
     print(md)
     elapsed = time.perf_counter() - t0
     if args.readme:
-        command = (
-            "python -m export benchmark " + " ".join(shlex.quote(a) for a in sys.argv[2:] if a)
-            if sys.argv[1:2] == ["benchmark"]
-            else "python -m export benchmark"
-        )
+        command = _command(args)
         intro = (
             f"Measured by `{command}` ({elapsed / 60:.1f} min on {platform.machine()} with {_cores()} CPU cores; "
             f"backbone `{args.arch}` with {'weights ' + args.pretrained if args.pretrained else 'random weights'}, "
@@ -267,6 +262,25 @@ def run(args: argparse.Namespace) -> int:
         args.readme.write_text(text)
         print(f"updated {args.readme}")
     return 0
+
+
+def _command(args: argparse.Namespace) -> str:
+    """The command line that reproduces this run, rebuilt from the parsed options (defaults left out), for the README."""
+    defaults = {"arch": "aigis-tiny", "pretrained": None, "seed": 0, "train_per_class": 120, "test_per_class": 100, "profile": "small-data"}
+    parts = ["python -m export benchmark", shlex.quote(str(args.out))]
+    if args.random_weights:
+        parts.append("--random-weights")
+    for key, default in defaults.items():
+        if getattr(args, key) != default:
+            parts += [f"--{key.replace('_', '-')}", shlex.quote(str(getattr(args, key)))]
+    for key in ("method", "holdout"):
+        for v in getattr(args, key) or []:
+            parts += [f"--{key}", shlex.quote(v)]
+    if args.conditions != "original":
+        parts += ["--conditions", shlex.quote(args.conditions)]
+    if args.readme:
+        parts += ["--readme", shlex.quote(str(args.readme))]
+    return " ".join(parts)
 
 
 def _jsonable(x: Any) -> Any:
