@@ -404,7 +404,7 @@ def run(args: argparse.Namespace) -> int:
     )
     desc = make_dataset(args.out, cfg, progress=True)
     n = sum(desc["per_class"].values()) * 2 * len(desc["generators"])
-    print(
-        f"wrote {n} images to {args.out} (generators: {', '.join(desc['generators'])}; photos train {desc['photos']['train']}, test {desc['photos']['test']})"
-    )
+    gens = ", ".join(desc["generators"])
+    photos = f"photos train {desc['photos']['train']}, test {desc['photos']['test']}"
+    print(f"wrote {n} images to {args.out} (encoding {desc['encoding']}; generators: {gens}; {photos})")
     return 0
