@@ -48,7 +48,7 @@ def test_benchmark_trains_without_the_held_out_generator_and_writes_the_logo_tab
     readme = tmp_path / "README.md"
     readme.write_text(f"top\n{METHODS_START}\nold methods\n{METHODS_END}\nmiddle\n{RESULTS_START}\nold results\n{RESULTS_END}\nend\n")
     argv = ["benchmark", str(out), "--random-weights", "--method", "linear-probe", "--train-per-class", "8", "--test-per-class", "4"]
-    assert main([*argv, "--holdout", "tconv", "--readme", str(readme)]) == 0
+    assert main([*argv, "--holdout", "tconv", "--conditions", "jpeg-30", "--readme", str(readme)]) == 0
 
     assert json.loads((out / "data" / "synth.json").read_text())["encoding"] == "controlled"
     manifest, _ = read_manifest(out / "bundles" / "tconv" / "linear-probe")
@@ -66,3 +66,4 @@ def test_benchmark_trains_without_the_held_out_generator_and_writes_the_logo_tab
     assert "python -m export benchmark" in text and "--holdout tconv" in text
     assert "Format leakage" in text and "Leave-one-generator-out" in text
     assert "| method | tconv | unseen | seen |" in text and "**real-acc@0.5**" in text and "**fake-acc@cal**" in text
+    assert "**Robustness on the unseen generator**" in text and "| method | original | jpeg-30 |" in text

@@ -4,10 +4,12 @@ and no format cue: real and fake go through one random re-encoding, which format
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from export.datasets import list_dataset, summary
@@ -38,6 +40,15 @@ def test_layout_counts_and_determinism(tmp_path: Path) -> None:
             assert w == h and round(0.6 * 64) <= w <= 64 and img.mode == "RGB" and img.format in ("JPEG", "WEBP")
             formats.setdefault(it.label, []).append((img.format, img.size))
     assert sorted(formats[0]) == sorted(formats[1])  # the real and the fake images got the same formats and sizes
+
+
+@pytest.mark.parametrize("quality", [30, 65, 80, 95])
+def test_jpeg_quality_is_read_back_from_the_quantisation_tables(quality: int) -> None:
+    img = Image.fromarray(np.random.default_rng(quality).integers(0, 255, (48, 48, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", quality=quality)
+    f = file_features(buf.getvalue(), ".jpg")
+    assert f["jpeg_q_luma"] == quality and f["jpeg_q_chroma"] == quality and f["ext_jpg"] == 1.0 and f["width"] == 48
 
 
 def _make(root: Path, encoding: str) -> Path:
