@@ -160,10 +160,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--readme", type=Path, default=None, help="Rewrite the generated parts of this README's detectors section.")
 
 
-def _data(data: Path, cfg: Any, progress: bool) -> dict[str, Any]:
+def _data(data: Path, cfg: Any, progress: bool, derived: Sequence[Path] = ()) -> dict[str, Any]:
     """The synthetic dataset for ``cfg``: reused when ``synth.json`` says it was made with the same settings, else remade.
 
-    A dataset made by an older version (lossless PNGs, no format control) is never reused by mistake.
+    A dataset made by an older version (lossless PNGs, no format control) is never reused by mistake, and when it is
+    remade the ``derived`` directories go with it (the embedding cache resumes by chunk number, so it would otherwise
+    serve the old images' embeddings for the new ones).
     """
     from export.synth import make_dataset
 
@@ -173,7 +175,9 @@ def _data(data: Path, cfg: Any, progress: bool) -> dict[str, Any]:
         have = json.loads(meta.read_text())
         if {k: have.get(k) for k in want} == want and have.get("generators") == list(cfg.generators):
             return have
-        shutil.rmtree(data)
+    for stale in (data, *derived):  # other settings, or a run stopped before synth.json: nothing of it may mix in
+        if stale.exists():
+            shutil.rmtree(stale)
     return make_dataset(data, cfg, progress=progress)
 
 
@@ -200,12 +204,12 @@ def run(args: argparse.Namespace) -> int:
         raise SystemExit(f"unknown generators {bad}; known: {', '.join(GENERATORS)}")
 
     data = out / "data"
-    _data(data, SynthConfig(seed=args.seed, train_per_class=args.train_per_class, test_per_class=args.test_per_class), progress=True)
+    emb = out / "embeddings"
+    _data(data, SynthConfig(seed=args.seed, train_per_class=args.train_per_class, test_per_class=args.test_per_class), progress=True, derived=[emb])
     leak = leakage_of(data)
     print(leak.markdown())
     built = [make_method(m, args.profile, {}, args.seed) for m in methods]
     crops = sorted({m.crop_size for m in built if "native_crop" in m.inputs and m.crop_size})
-    emb = out / "embeddings"
     opts = EmbedOptions(
         arch=args.arch, pretrained=args.pretrained, seed=args.seed, random_weights=args.random_weights, views=True, native_crop=crops[0] if crops else None
     )

@@ -45,12 +45,17 @@ def test_benchmark_trains_without_the_held_out_generator_and_writes_the_logo_tab
     out = tmp_path / "bench"
     # a stale dataset of the old kind (lossless PNGs) must be remade, not reused
     make_dataset(out / "data", SynthConfig(seed=0, train_per_class=8, test_per_class=4, encoding="png"))
+    stale_chunk = out / "embeddings" / "chunks" / "s0of1-c00000.npz"  # ... and neither may its embeddings (resumed by chunk number)
+    stale_chunk.parent.mkdir(parents=True)
+    stale_chunk.write_bytes(b"embeddings of the old PNGs")
     readme = tmp_path / "README.md"
     readme.write_text(f"top\n{METHODS_START}\nold methods\n{METHODS_END}\nmiddle\n{RESULTS_START}\nold results\n{RESULTS_END}\nend\n")
     argv = ["benchmark", str(out), "--random-weights", "--method", "linear-probe", "--train-per-class", "8", "--test-per-class", "4"]
     assert main([*argv, "--holdout", "tconv", "--conditions", "jpeg-30", "--readme", str(readme)]) == 0
 
     assert json.loads((out / "data" / "synth.json").read_text())["encoding"] == "controlled"
+    assert stale_chunk.read_bytes() != b"embeddings of the old PNGs"  # re-embedded from the new images
+    assert not list((out / "data").rglob("*.png"))
     manifest, _ = read_manifest(out / "bundles" / "tconv" / "linear-probe")
     data = manifest.metrics["data"]
     assert data["excluded_generators"] == ["tconv"] and "tconv" not in data["generators"] and len(data["generators"]) == 3
