@@ -5,7 +5,7 @@ python -m export embed DATASET OUT     frozen open_clip embeddings, sharded and 
 python -m export bundle OUT ...        train heads (--data) or a placeholder, export backbone + heads, write the manifest
 python -m export import NAME OUT ...   a published detector's released checkpoint as a served bundle (ufd, c2p-clip)
 python -m export eval BUNDLE... DATA   score a dataset through the worker's runtime: per-generator metrics, robustness, plots
-python -m export benchmark OUT         synth -> embed -> one bundle per method -> eval -> README table
+python -m export benchmark OUT         synth -> leakage check -> embed -> leave-one-generator-out bundles -> eval -> README tables
 python -m export demo                  the end-to-end demo behind `make demo`
 python -m export drift-benchmark OUT   false alarms and detection delay of the worker's drift statistics, README tables
 python -m export feedback collect|compare   moderator decisions -> dataset; primary vs shadow against the decisions

@@ -389,7 +389,9 @@ def run(args: argparse.Namespace) -> int:
     # 1. data
     data = out / "data"
     if not (data / "synth.json").is_file():
-        make_dataset(data, SynthConfig(seed=args.seed, train_per_class=args.train_per_class, test_per_class=args.test_per_class), progress=True)
+        # lossless, like the stream pools below: a storage change between training and stream data would be a shift of its own
+        cfg = SynthConfig(seed=args.seed, train_per_class=args.train_per_class, test_per_class=args.test_per_class, encoding="png")
+        make_dataset(data, cfg, progress=True)
     pool = make_pool(out / "stream", "train", args.stream_per_class, args.seed)
     new_pool = make_pool(out / "stream-new-photos", "test", args.new_photos_per_class, args.seed) if args.new_photos_per_class else None
     if stage_done("data"):

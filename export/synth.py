@@ -26,11 +26,23 @@ matters for the tests' random-weight backbone: random linear features see a
 consistent pattern but average random noise away (a family that only added
 random grain was invisible to it).
 
+**Format control.** Every image, real or fake, is then stored through one
+random re-encoding (:class:`Reencode`): JPEG or WebP at a random quality
+65-95, and for half of them a random 0.6-1x resize (bilinear, bicubic or
+Lanczos) first. The draws come from a stream that does not depend on the label
+(the real and the fake folder of a generator replay the same sequence), so
+format, quality, chroma subsampling and image size are distributed
+identically for both classes and no head can win on file format or
+compression, a known shortcut in this field (reals are camera JPEGs, fakes
+the generator's PNGs). :mod:`export.leakage` measures what is left:
+classifiers that read only the file's format metadata sit at chance on this
+output. ``--encoding png`` writes the old lossless PNGs.
+
 Layout::
 
-    OUT/train/<generator>/0_real/*.png   OUT/train/<generator>/1_fake/*.png
-    OUT/test/<generator>/0_real/*.png    OUT/test/<generator>/1_fake/*.png
-    OUT/synth.json                       (what was made, from which photos, with which seed)
+    OUT/train/<generator>/0_real/*.jpg|webp   OUT/train/<generator>/1_fake/*.jpg|webp
+    OUT/test/<generator>/0_real/*.jpg|webp    OUT/test/<generator>/1_fake/*.jpg|webp
+    OUT/synth.json                       (what was made, from which photos, with which seed and encoding)
 
 Every generator folder has its own real images, as in UniversalFakeDetect, so
 leave-one-generator-out is a matter of choosing folders. No leak between
@@ -50,7 +62,7 @@ import hashlib
 import io
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -64,6 +76,31 @@ SPLITS = ("train", "test")
 REAL_DIR, FAKE_DIR = "0_real", "1_fake"
 
 
+#: ``SynthConfig.encoding`` values: ``controlled`` (default) re-encodes every image, real or fake, with the same random
+#: recipe; ``png`` is the old lossless output (no format difference, but its file sizes follow the pixels' detail);
+#: ``leaky`` is the shortcut as it is found in scraped datasets (reals JPEG, fakes PNG), so the leakage check can show it
+#: catches one. Only ``controlled`` is a benchmark that cannot be won on format.
+ENCODINGS = ("controlled", "png", "leaky")
+
+
+@dataclass(frozen=True)
+class Reencode:
+    """The one random re-encoding every image goes through, real or fake alike (format control).
+
+    Real images in the field are JPEGs from cameras and websites, fakes are
+    often the generator's PNGs: a head can then tell them apart by format or
+    compression alone, a shortcut that says nothing about generators (Grommelt
+    et al., "Fake or JPEG?", 2024). Drawing the format, the quality and the
+    resize from one distribution for both classes leaves no format cue; the
+    leakage check (:func:`export.synth.format_leakage`) measures that.
+    """
+
+    formats: tuple[str, ...] = ("JPEG", "WEBP")
+    quality: tuple[int, int] = (65, 95)
+    resize_prob: float = 0.5
+    scale: tuple[float, float] = (0.6, 1.0)
+
+
 @dataclass(frozen=True)
 class SynthConfig:
     seed: int = 0
@@ -72,6 +109,8 @@ class SynthConfig:
     test_per_class: int = 16
     generators: tuple[str, ...] = GENERATORS
     test_fraction: float = 0.34
+    encoding: str = "controlled"
+    reencode: Reencode = Reencode()
 
 
 # -- sources -------------------------------------------------------------------------------------
@@ -244,11 +283,46 @@ def _png(img: Image.Image) -> bytes:
     return buf.getvalue()
 
 
+EXTENSIONS = {"PNG": ".png", "JPEG": ".jpg", "WEBP": ".webp"}
+
+
+def reencode(img: Image.Image, recipe: Reencode, rng: np.random.Generator) -> tuple[bytes, str, dict]:
+    """``img`` after ``recipe``'s random resize and lossy encoding: (bytes, file extension, what was done).
+
+    The random draws do not depend on the image or its label, so real and fake
+    images share one distribution of formats, qualities and sizes.
+    """
+    fmt = recipe.formats[int(rng.integers(len(recipe.formats)))]
+    quality = int(rng.integers(recipe.quality[0], recipe.quality[1] + 1))
+    resized = bool(rng.random() < recipe.resize_prob)
+    scale = float(rng.uniform(*recipe.scale))
+    filt = (Image.Resampling.BILINEAR, Image.Resampling.BICUBIC, Image.Resampling.LANCZOS)[int(rng.integers(3))]
+    if resized:
+        w, h = img.size
+        img = img.resize((max(8, round(w * scale)), max(8, round(h * scale))), filt)
+    buf = io.BytesIO()
+    img.save(buf, fmt, quality=quality)
+    return buf.getvalue(), EXTENSIONS[fmt], {"format": fmt, "quality": quality, "size": list(img.size)}
+
+
+def _encoded(img: Image.Image, cfg: SynthConfig, rng: np.random.Generator, real: bool) -> tuple[bytes, str]:
+    if cfg.encoding == "png" or (cfg.encoding == "leaky" and not real):
+        return _png(img), ".png"
+    if cfg.encoding == "leaky":  # camera/web reals: JPEG at the formats' usual qualities
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=int(rng.integers(75, 96)))
+        return buf.getvalue(), ".jpg"
+    data, ext, _ = reencode(img, cfg.reencode, rng)
+    return data, ext
+
+
 def make_dataset(out: Path, cfg: SynthConfig, progress: bool = False) -> dict:
     """Write the dataset under ``out`` and return its description (also written to synth.json)."""
     unknown = sorted(set(cfg.generators) - set(FAMILIES))
     if unknown:
         raise SystemExit(f"unknown generator families {unknown}; known: {', '.join(FAMILIES)}")
+    if cfg.encoding not in ENCODINGS:
+        raise SystemExit(f"unknown encoding {cfg.encoding!r}; known: {', '.join(ENCODINGS)}")
     photos = split_photos(photo_paths(), cfg.seed, cfg.test_fraction, cfg.image_size)
     images = {split: [load_rgb(p) for p in paths] for split, paths in photos.items()}
     counts = {"train": cfg.train_per_class, "test": cfg.test_per_class}
@@ -258,21 +332,27 @@ def make_dataset(out: Path, cfg: SynthConfig, progress: bool = False) -> dict:
         for gi, family in enumerate(cfg.generators):
             gen = FAMILIES[family](cfg.seed)
             rng = np.random.default_rng([cfg.seed, SPLITS.index(split), gi])
+            # the re-encoding's own stream, the same sequence for the real and the fake folder: both classes get the
+            # very same list of (format, quality, resize) draws, so no format statistic differs even by chance
             pool = images[split]
             for label_dir in (REAL_DIR, FAKE_DIR):
                 folder = out / split / family / label_dir
                 folder.mkdir(parents=True, exist_ok=True)
+                enc_rng = np.random.default_rng([cfg.seed, SPLITS.index(split), gi, 101])
                 for i in range(counts[split]):
                     src = int(rng.integers(len(pool)))
                     crop = random_crop(pool[src], cfg.image_size, rng)
                     img = mild_augment(crop, rng) if label_dir == REAL_DIR else gen(crop, rng)
-                    (folder / f"{family}-{label_dir[2:]}-{i:05d}.png").write_bytes(_png(img))
+                    data, ext = _encoded(img, cfg, enc_rng, label_dir == REAL_DIR)
+                    (folder / f"{family}-{label_dir[2:]}-{i:05d}{ext}").write_bytes(data)
                     bar.update(1)
     bar.close()
     desc = {
-        "layout": "UniversalFakeDetect: <split>/<generator>/0_real|1_fake/*.png",
+        "layout": "UniversalFakeDetect: <split>/<generator>/0_real|1_fake/*.{" + ("png" if cfg.encoding == "png" else "jpg,webp,png") + "}",
         "seed": cfg.seed,
         "image_size": cfg.image_size,
+        "encoding": cfg.encoding,
+        "reencode": None if cfg.encoding == "png" else asdict(cfg.reencode),
         "per_class": counts,
         "generators": list(cfg.generators),
         "photos": {split: [p.name for p in paths] for split, paths in photos.items()},
@@ -297,6 +377,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train-per-class", type=int, default=32, help="Real and fake images per generator in train/ (default 32).")
     p.add_argument("--test-per-class", type=int, default=16, help="Real and fake images per generator in test/ (default 16).")
     p.add_argument(
+        "--encoding",
+        choices=ENCODINGS,
+        default="controlled",
+        help="How images are stored (default controlled: real and fake alike get a random JPEG/WebP quality 65-95 and, half of them, "
+        "a random 0.6-1x resize, so no format cue separates them); png: lossless, as before; leaky: reals JPEG, fakes PNG "
+        "(the shortcut of scraped datasets, for the leakage check only).",
+    )
+    p.add_argument(
         "--generator",
         action="append",
         choices=sorted(FAMILIES),
@@ -312,10 +400,11 @@ def run(args: argparse.Namespace) -> int:
         train_per_class=args.train_per_class,
         test_per_class=args.test_per_class,
         generators=tuple(args.generator or GENERATORS),
+        encoding=args.encoding,
     )
     desc = make_dataset(args.out, cfg, progress=True)
     n = sum(desc["per_class"].values()) * 2 * len(desc["generators"])
-    print(
-        f"wrote {n} images to {args.out} (generators: {', '.join(desc['generators'])}; photos train {desc['photos']['train']}, test {desc['photos']['test']})"
-    )
+    gens = ", ".join(desc["generators"])
+    photos = f"photos train {desc['photos']['train']}, test {desc['photos']['test']}"
+    print(f"wrote {n} images to {args.out} (encoding {desc['encoding']}; generators: {gens}; {photos})")
     return 0

@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from export.calibrate import calibrate, stratified_split
-from export.evaluate import group_metrics, mean_row, perturb
+from export.evaluate import ACCURACY_KEYS, METRICS, group_metrics, mean_row, perturb
 from export.metrics import average_precision, oracle_accuracy, rates_at, roc_auc, threshold_for_fpr, tpr_at_fpr
 
 
@@ -67,7 +67,19 @@ def test_mean_row_refuses_to_average_over_fewer_generators() -> None:
     assert only_real["roc_auc"] is None and "0 fake" in only_real["why"]["roc_auc"]
     mean = mean_row({"g1": ok, "g2": only_real})
     assert mean["roc_auc"] is None and "missing for 1 of 2" in mean["why"]["roc_auc"]
-    assert mean["real_acc"] == pytest.approx(1.0)
+    assert mean["real_acc_cal"] == pytest.approx(1.0) and mean["real_acc_0.5"] == pytest.approx(1.0)
+
+
+def test_real_and_fake_accuracy_at_half_sit_beside_the_calibrated_ones() -> None:
+    """The papers' threshold 0.5 and the bundle's calibrated threshold give different rates; both are reported, labelled."""
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.6, 0.7, 0.55, 0.65, 0.8, 0.9])
+    m = group_metrics(s, y, ["real"] * 8, threshold=0.75)
+    assert m["real_acc_0.5"] == pytest.approx(0.5) and m["fake_acc_0.5"] == pytest.approx(1.0) and m["acc_0.5"] == pytest.approx(0.75)
+    assert m["real_acc_cal"] == pytest.approx(1.0) and m["fake_acc_cal"] == pytest.approx(0.5) and m["acc_cal"] == pytest.approx(0.75)
+    assert m["fpr"] == pytest.approx(1 - m["real_acc_cal"]) and m["fnr"] == pytest.approx(1 - m["fake_acc_cal"])
+    labels = {METRICS[k] for k in ACCURACY_KEYS}
+    assert labels == {"acc@0.5", "real-acc@0.5", "fake-acc@0.5", "acc@cal", "real-acc@cal", "fake-acc@cal"}
 
 
 @pytest.mark.parametrize(("condition", "size", "fmt"), [("resize-64", (64, 96), "PNG"), ("jpeg-30", (128, 192), "JPEG"), ("blur-5", (128, 192), "PNG")])
