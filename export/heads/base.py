@@ -76,7 +76,8 @@ class FitReport:
 
     epochs: int
     final_loss: float
-    history: list[dict[str, float]] = field(default_factory=list)
+    #: per-epoch numbers, and the stopping rule's action where a head has one
+    history: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
 
 
