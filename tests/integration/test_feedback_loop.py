@@ -83,7 +83,7 @@ def outcome(label: str, decided: str) -> str:
 def test_decisions_become_training_data_and_judge_a_retrained_shadow(servers, tmp_path: Path) -> None:
     bootstrap = servers.bootstrap_servers
     data = tmp_path / "data"
-    make_dataset(data, SynthConfig(seed=5, image_size=224, train_per_class=24, test_per_class=8))
+    make_dataset(data, SynthConfig(seed=5, image_size=224, train_per_class=24, test_per_class=8, encoding="png"))
     train = data / "train"
     v1 = train_bundle(tmp_path / "v1", train, "loop-v1", tmp_path / "emb-v1")
     att = v1.attribution
