@@ -23,7 +23,12 @@ def test_sigkill_mid_stream_then_restart_gives_every_upload_a_verdict(servers, t
     expected = {k.decode() for k, _, _ in records}
     ends = publish(servers.bootstrap_servers, topics.uploads, records)
     # Small batches so the kill finds work in every stage; Redis off so the replay really re-scores.
-    env = worker_env(servers, topics, tiny_bundle, AIGIS_MAX_BATCH="4", AIGIS_MAX_WAIT_MS="5", AIGIS_REDIS_URL="")
+    # Each batch spends 80 ms more in inference (30 batches: ~2.4 s for the stream), so the kill
+    # lands mid-stream however fast the tiny model runs: without it the whole stream could be done
+    # before the reader saw its first dozen verdicts.
+    env = worker_env(
+        servers, topics, tiny_bundle, AIGIS_MAX_BATCH="4", AIGIS_MAX_WAIT_MS="5", AIGIS_REDIS_URL="", AIGIS_TEST_INFER_DELAY_MS="80"
+    )
     log = tmp_path / "worker.log"
     reader = OutputReader(servers.bootstrap_servers, topics)
     first = start_worker(env, log)
@@ -40,7 +45,7 @@ def test_sigkill_mid_stream_then_restart_gives_every_upload_a_verdict(servers, t
         before_restart = reader.ids()
         assert len(before_restart) < N, "the kill came too late to test anything"
 
-        second = start_worker({**env, "AIGIS_EXIT_WHEN_IDLE_S": "3"}, log)
+        second = start_worker({**env, "AIGIS_EXIT_WHEN_IDLE_S": "3", "AIGIS_TEST_INFER_DELAY_MS": ""}, log)
         missing = reader.wait_for_ids(expected, 120, second)
         assert missing == set(), f"{len(missing)} uploads lost, e.g. {sorted(missing)[:5]}\n" + log.read_text()[-3000:]
         assert second.wait(60) == 0
