@@ -95,14 +95,20 @@ class LoadedBundle:
         novelty = self.manifest.drift.novelty if self.manifest.drift is not None else None
         self.novelty: tuple[str, str, OnnxModel] | None = None
         if novelty is not None:
-            self.novelty = (novelty.input_name, novelty.output_name, OnnxModel(self.path / novelty.file, providers, intra_op_threads, io_binding, disabled))
+            graph = OnnxModel(self.path / novelty.file, providers, intra_op_threads, io_binding, disabled, spinning)
+            self.novelty = (novelty.input_name, novelty.output_name, graph)
         self.novelty_key = novelty.anomaly_key if novelty else None
         att = self.manifest.attribution
-        self.attribution = OnnxModel(self.path / att.file, providers, intra_op_threads, io_binding, disabled) if att is not None else None
-        extra = [m for m in (self.novelty[2] if self.novelty else None, self.attribution) if m is not None]
+        self.attribution = OnnxModel(self.path / att.file, providers, intra_op_threads, io_binding, disabled, spinning) if att is not None else None
         # The embedding stays on the device between backbone and heads only when every session binds IO on one device.
-        self.io_binding = self.backbone.io_binding and all(m.io_binding and m.device == self.backbone.device for m in [*(m for _, m in self.heads), *extra])
+        self.io_binding = all(m.io_binding and m.device == self.backbone.device for m in self.sessions)
         self.native_crop_size = self.manifest.native_crop_size
+
+    @property
+    def sessions(self) -> list[OnnxModel]:
+        """Every ONNX Runtime session this bundle holds (backbone, heads, novelty graph, attribution head)."""
+        extra = [m for m in (self.novelty[2] if self.novelty else None, self.attribution) if m is not None]
+        return [self.backbone, *(m for _, m in self.heads), *extra]
 
     @property
     def weights_label(self) -> str:
