@@ -58,6 +58,13 @@ def _ints(text: str) -> list[int]:
     return [int(x) for x in text.split(",") if x.strip()]
 
 
+def _fractions(text: str) -> list[float]:
+    out = [float(x) for x in text.split(",") if x.strip()]
+    if not out or not all(0 < x <= 1.5 for x in out):
+        raise argparse.ArgumentTypeError(f"expected fractions of capacity such as 0.5,0.9; got {text!r}")
+    return out
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     which = p.add_mutually_exclusive_group()
@@ -76,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-messages", type=int, default=None, help="Messages in the all-duplicate stream (default 12000; 2000 with --quick).")
     p.add_argument("--latency-seconds", type=float, default=None, help="Seconds of offered load per latency point (default 30; 6 with --quick).")
     p.add_argument("--latency-waits", type=_ints, default=None, help="--max-wait-ms values benchmark 6 compares (default 5,50).")
+    p.add_argument("--latency-loads", type=_fractions, default=None, help="Offered loads benchmark 6 measures, as fractions of capacity (default 0.5,0.9).")
     p.add_argument(
         "--worker-log-level", default="warning", help="Log level of the workers the benchmarks start (default warning; benchmark 5 also runs one at info)."
     )
@@ -108,6 +116,8 @@ def options_from(args: argparse.Namespace) -> Options:
         opts.latency_seconds = args.latency_seconds
     if args.latency_waits:
         opts.latency_waits_ms = args.latency_waits
+    if args.latency_loads:
+        opts.latency_loads = args.latency_loads
     opts.worker_log_level = args.worker_log_level
     for item in args.worker_env:
         name, sep, value = item.partition("=")

@@ -26,9 +26,7 @@ def test_sigkill_mid_stream_then_restart_gives_every_upload_a_verdict(servers, t
     # Each batch spends 80 ms more in inference (30 batches: ~2.4 s for the stream), so the kill
     # lands mid-stream however fast the tiny model runs: without it the whole stream could be done
     # before the reader saw its first dozen verdicts.
-    env = worker_env(
-        servers, topics, tiny_bundle, AIGIS_MAX_BATCH="4", AIGIS_MAX_WAIT_MS="5", AIGIS_REDIS_URL="", AIGIS_TEST_INFER_DELAY_MS="80"
-    )
+    env = worker_env(servers, topics, tiny_bundle, AIGIS_MAX_BATCH="4", AIGIS_MAX_WAIT_MS="5", AIGIS_REDIS_URL="", AIGIS_TEST_INFER_DELAY_MS="80")
     log = tmp_path / "worker.log"
     reader = OutputReader(servers.bootstrap_servers, topics)
     first = start_worker(env, log)

@@ -96,3 +96,23 @@ def test_library_share_counts_samples_whose_stack_passes_through_the_library(tmp
     r = BenchResult("x", "x", quick=True)
     assert r.target("cost", "<= 2%", 1.5, 2.0, "%", lower_is_better=True).met is True
     assert r.target("cost", "<= 2%", 2.5, 2.0, "%", lower_is_better=True).met is False
+
+
+def test_latency_benchmark_breaks_the_time_down_and_measures_the_floor_beside_the_worker(
+    bench_cache: Path, tmp_path: Path, servers: DevServers, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Benchmark 6: per-upload breakdown from the verdicts' timings, a bare consumer beside the worker, the README targets."""
+    monkeypatch.setenv("AIGIS_TEST_KAFKA", servers.bootstrap_servers)
+    monkeypatch.setenv("AIGIS_TEST_REDIS", servers.redis_url)
+    out = tmp_path / "results"
+    args = ["--only", "latency", "--quick", "--stream-archs", "aigis-tiny", "--stream-images", "48", "--latency-seconds", "3"]
+    assert bench_main([*args, "--latency-waits", "5", "--latency-loads", "0.5", "--out", str(out)]) == 0
+    doc = json.loads((out / "latency.json").read_text())
+    worker_rows = [r for r in doc["rows"] if r["arch"] == "aigis-tiny"]
+    assert [(r["max_wait_ms"], r["load"]) for r in worker_rows] == [(5, 0.5)], "--latency-waits and --latency-loads choose the points"
+    row = worker_rows[0]
+    assert row["n"] > 0 and {"to_pickup_p50_ms", "in_pipeline_p50_ms", "prepare_mean_ms", "inference_mean_ms"} <= row.keys()
+    beside = [r for r in doc["rows"] if r["arch"].startswith("(bare consumer beside the worker")]
+    assert len(beside) == 1 and beside[0]["probe_records"] == beside[0]["n"] > 0 and beside[0]["worker_to_pickup_p50_ms"] > 0
+    assert [t["name"] for t in doc["targets"]] == ["p50 at 50% load (aigis-tiny, defaults)", "p99 at 50% load (aigis-tiny, defaults)"]
+    assert "to pick-up p50 ms" in (out / "results.md").read_text()
