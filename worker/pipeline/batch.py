@@ -7,12 +7,13 @@ lookup] -> inference in batches -> [shadow bundle] -> cache write -> outcomes
 runtime (:mod:`worker.runtime.stages`) and the offline scorer (``python -m
 worker score``) both drive it, so they cannot drift apart.
 
-Two halves, so the runtime can overlap them: :meth:`BatchProcessor.prepare`
-(I/O and decoding, mostly in the decode pool) and :meth:`BatchProcessor.finish`
-(inference, cache write, outcomes). While batch N is in inference, batch N+1 is
-being decoded. ``prepare`` takes one snapshot of the models from the rollout
-and the batch carries it to ``finish``, so a hot swap never mixes two bundles
-in one batch.
+Three steps, so the runtime can overlap them: :meth:`BatchProcessor.receive`
+(parse, and fetch URIs on the fetcher's threads), :meth:`BatchProcessor.prepare`
+(hash, cache lookup, decoding in the decode pool) and
+:meth:`BatchProcessor.finish` (inference, cache write, outcomes). While batch N
+is in inference, batch N+1 is being decoded and batch N+2 fetched.
+``receive`` takes one snapshot of the models from the rollout and the batch
+carries it to ``finish``, so a hot swap never mixes two bundles in one batch.
 
 Guarantee: exactly one :class:`~worker.pipeline.outcomes.Outcome` per input
 record, in input order. Bad input becomes a dead letter; an inference failure
@@ -92,13 +93,22 @@ class BatchProcessor:
         cfg = WorkerConfig(bundle=bundle.path, max_batch=max_batch, redis_url="", provenance_policy=provenance_policy, provenance_trust_anchors=trust_anchors)
         return cls(PipelineSettings.from_config(cfg), Models(bundle), None, pool)
 
-    # -- first half: parse, fetch, hash, cache, decode --------------------------------
-    def prepare(self, records: Sequence[InputRecord]) -> PreparedBatch:
+    # -- first half: parse and fetch, then hash, cache, decode ------------------------
+    def receive(self, records: Sequence[InputRecord]) -> PreparedBatch:
+        """Parse every record and fetch the bytes its URI points at: the batch's inputs, nothing decoded yet.
+
+        A step of its own so the runtime can fetch batch N+1 while batch N is
+        decoding: a store that answers in 50 ms then costs latency, not throughput.
+        """
+        picked_at = time.time()
+        pb = PreparedBatch(self.models.current(), [Item(r, picked_at) for r in records])
+        self._parse(pb.items)
+        self._fetch([it for it in pb.items if it.error is None and it.data is None and it.upload is not None and it.upload.uri])
+        return pb
+
+    def prepare(self, pb: PreparedBatch) -> PreparedBatch:
+        """Hash, cache lookup, decode + preprocess + provenance (decode pool), near-duplicates: ready for :meth:`finish`."""
         with self.metrics.timed("prepare"):
-            picked_at = time.time()
-            pb = PreparedBatch(self.models.current(), [Item(r, picked_at) for r in records])
-            self._parse(pb.items)
-            self._fetch([it for it in pb.items if it.error is None and it.data is None and it.upload is not None and it.upload.uri])
             live = [it for it in pb.items if it.error is None and it.data is not None]
             for it in live:
                 it.sha = hashlib.sha256(it.data or b"").hexdigest()
@@ -232,7 +242,7 @@ class BatchProcessor:
         return [self._outcome(pb.models, it) for it in pb.items]
 
     def process(self, records: Sequence[InputRecord]) -> list[Outcome]:
-        return self.finish(self.prepare(records))
+        return self.finish(self.prepare(self.receive(records)))
 
     def _infer(self, pb: PreparedBatch) -> dict[str, Score]:
         """Score the decoded images; returns the fresh scores by content sha (failed images get their error)."""

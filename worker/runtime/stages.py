@@ -1,14 +1,16 @@
-"""The three stage threads, each calling one method: prepare, finish, deliver.
+"""The four stage threads, each calling one method: receive, prepare, finish, deliver.
 
 ::
 
-    inbox ──► prepare ──(1)──► infer ──(1)──► deliver
-              BatchProcessor   BatchProcessor  Deliverer
-              .prepare         .finish         .deliver
+    inbox ──► receive ──(1)──► prepare ──(1)──► infer ──(1)──► deliver
+              BatchProcessor   BatchProcessor   BatchProcessor  Deliverer
+              .receive         .prepare         .finish         .deliver
 
-* **prepare** forms micro-batches (``max_batch`` / ``max_wait_ms``), drops
-  records whose partition was revoked meanwhile, and runs parse, fetch, hash,
-  cache lookup and the decode fan-out;
+* **receive** forms micro-batches (``max_batch`` / ``max_wait_ms``), drops
+  records whose partition was revoked meanwhile, parses them and fetches the
+  URIs (on the fetcher's own threads, one deadline per batch): with its own
+  thread, batch N+1's fetches wait on the store while batch N decodes;
+* **prepare** runs hash, cache lookup and the decode fan-out;
 * **infer** runs ONNX Runtime (overlapping the next batch's decode), the shadow
   bundle, the cache write and builds the outcomes;
 * **deliver** produces them and marks their offsets done once acknowledged,
@@ -63,11 +65,12 @@ class Stages:
         self.liveness = liveness
         self.metrics = metrics
         self.batcher = MicroBatcher(inbox, max_batch, max_wait_ms, lifecycle.stop.is_set)
+        self._to_prepare: queue.Queue[tuple[list[Work], PreparedBatch] | None] = queue.Queue(maxsize=1)
         self._to_infer: queue.Queue[tuple[list[Work], PreparedBatch] | None] = queue.Queue(maxsize=1)
         self._to_deliver: queue.Queue[tuple[list[Work], list[Outcome]] | None] = queue.Queue(maxsize=1)
         self._threads = [
             threading.Thread(target=self._guard, args=(name, body), name=f"stage-{name}", daemon=True)
-            for name, body in (("prepare", self._prepare), ("infer", self._infer), ("deliver", self._deliver))
+            for name, body in (("receive", self._receive), ("prepare", self._prepare), ("infer", self._infer), ("deliver", self._deliver))
         ]
 
     def __enter__(self) -> Stages:
@@ -87,7 +90,7 @@ class Stages:
         except BaseException as exc:  # a bug: stop cleanly, replay what is not committed
             self.lifecycle.crash(name, exc)
 
-    def _prepare(self) -> None:
+    def _receive(self) -> None:
         try:
             while works := self.batcher.next_batch():
                 live = [w for w in works if self.tracker.is_current(w.tp, w.generation)]
@@ -96,13 +99,26 @@ class Stages:
                     continue
                 self.metrics.batch_size.observe(len(live))
                 self.metrics.stage_seconds.observe(self.batcher.last_wait_s, "batch_wait")
-                self.liveness.busy("prepare")
-                batch = self.processor.prepare([w.record for w in live])
-                self.liveness.idle("prepare")
-                self._to_infer.put((live, batch))
+                self.liveness.busy("receive")
+                batch = self.processor.receive([w.record for w in live])
+                self.liveness.idle("receive")
+                self._to_prepare.put((live, batch))
         finally:
             # Records still in the inbox when draining were never started: the next owner of their
             # partitions replays them from the committed offset.
+            self._to_prepare.put(None)
+
+    def _prepare(self) -> None:
+        try:
+            while (item := self._to_prepare.get()) is not None:
+                works, batch = item
+                if self.lifecycle.abort.is_set():
+                    continue
+                self.liveness.busy("prepare")
+                batch = self.processor.prepare(batch)
+                self.liveness.idle("prepare")
+                self._to_infer.put((works, batch))
+        finally:
             self._to_infer.put(None)
 
     def _infer(self) -> None:
