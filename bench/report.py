@@ -205,7 +205,7 @@ def _latency(d: dict[str, Any]) -> str:
             f(r["p50_ms"]),
             f(r["p90_ms"]),
             f(r["p99_ms"]),
-            f(r.get("to_pickup_p50_ms", r.get("worker_to_pickup_p50_ms"))),
+            f(r.get("to_pickup_p50_ms")),
             f(r.get("in_pipeline_p50_ms")),
             int(r["n"]),
         )
@@ -221,8 +221,7 @@ def _latency(d: dict[str, Any]) -> str:
     foot = (
         "To pick-up: from the producer's send to the start of the worker's prepare stage (broker, fetch, poll, micro-batch wait); "
         "in pipeline: from there to the verdict's produce call. The bare-consumer rows have no worker: their p50..p99 are how old a record "
-        "is when a consumer that does nothing receives it; the one *beside the worker* ran in its own group on the worker's input topic "
-        "during an extra point at 50 % load, and its to pick-up column is the worker's own for the same uploads."
+        "is when a consumer that does nothing receives it (20 uploads/s, nothing else running)."
     )
     return head + "\n\n" + table(cols, rows) + "\n\n" + foot
 

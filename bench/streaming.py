@@ -582,43 +582,6 @@ def broker_floor(boot: str, fetch_max_wait_ms: int, rate: float, seconds: float,
     return latency_stats([(got[k] - sent[k]) * 1000 for k in sent if k in got])
 
 
-def pickup_floor_beside(
-    boot: str, reader: OutputReader, worker: subprocess.Popen[bytes], log: Path, uploads: str, pool: list[bytes], rate: float, seconds: float, tmp: Path
-) -> dict[str, float]:
-    """Offer ``rate`` to the running worker while :mod:`bench.pickup_probe` (no work, own group) reads the same records.
-
-    The probe's pick-up age is the broker + client floor under this very load
-    (CPU shared with the worker, the broker and the load generator); the
-    worker's own ``queue_ms`` for the same uploads is reported beside it.
-    """
-    from devkit.harness import start_module
-
-    tag = f"probe{uuid.uuid4().hex[:6]}"
-    out, probe_log = tmp / f"{tag}.json", tmp / f"{tag}.log"
-    count = max(10, int(rate * seconds))
-    args = ["--bootstrap", boot, "--topic", uploads, "--group", f"bench-{tag}", "--prefix", tag, "--count", str(count)]
-    args += ["--timeout-s", str(seconds * 4 + 90), "--fetch-max-wait-ms", str(WorkerConfig().fetch_max_wait_ms), "--out", str(out)]
-    probe = start_module("bench.pickup_probe", args, probe_log)
-    try:
-        deadline = time.monotonic() + 60
-        while b"ready" not in (probe_log.read_bytes() if probe_log.exists() else b""):
-            if probe.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("the pick-up probe did not start:\n" + (probe_log.read_text()[-2000:] if probe_log.exists() else ""))
-            time.sleep(0.1)
-        sent = _offered_load(boot, uploads, pool, tag, rate, seconds)
-        reader.require(set(sent), seconds * 8 + 120, worker, log)
-        probe.wait(seconds * 4 + 120)
-    finally:
-        stop(probe, timeout=10)
-    ages = json.loads(out.read_text()) if out.exists() else []
-    if not ages:
-        raise RuntimeError("the pick-up probe measured nothing:\n" + probe_log.read_text()[-2000:])
-    stats = latency_stats(ages)
-    queue = [json.loads(reader.outputs[k].value)["timings"]["queue_ms"] for k in sent]
-    stats.update(worker_to_pickup_p50_ms=statistics.median(queue), probe_records=float(len(ages)))
-    return stats
-
-
 def _breakdown_text(row: dict[str, Any]) -> str:
     """One line: per-upload medians (to pick-up, in the pipeline, pick-up to produce) and per-batch stage means."""
     if "to_pickup_p50_ms" not in row:
@@ -704,23 +667,6 @@ def run_latency(opts: Options) -> BenchResult:
                             flush=True,
                         )
                         print("    breakdown: " + _breakdown_text(stats), flush=True)
-                        if load == 0.5 and arch == opts.stream_archs[0] and wait == opts.latency_waits_ms[0]:
-                            # Right after the 50 % point, before 90 % leaves the broker with a backlog to digest.
-                            print(f"  {arch}: a bare consumer beside the worker at {rate:.1f}/s (50%) for {opts.latency_seconds:.0f} s ...", flush=True)
-                            floor = pickup_floor_beside(boot, reader, worker, log, t.uploads, pool, rate, opts.latency_seconds, Path(tmp))
-                            r.add(
-                                arch="(bare consumer beside the worker, no work)",
-                                max_wait_ms=f"fetch_max_wait_ms={WorkerConfig().fetch_max_wait_ms}",
-                                load=0.5,
-                                offered_per_s=rate,
-                                achieved_per_s=None,
-                                **floor,
-                            )
-                            print(
-                                f"    its pick-up p50 {floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms; "
-                                f"the worker's own to pick-up for the same uploads p50 {floor['worker_to_pickup_p50_ms']:.1f} ms",
-                                flush=True,
-                            )
                 finally:
                     stop(worker, timeout=STOP_S)
                     reader.close()
