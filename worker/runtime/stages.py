@@ -26,6 +26,7 @@ import queue
 import threading
 from collections.abc import Callable
 from types import TracebackType
+from typing import TypeVar
 
 from worker.ops.health import Liveness
 from worker.ops.metrics import WorkerMetrics
@@ -38,6 +39,9 @@ from worker.runtime.drift_reports import DriftReports
 from worker.runtime.lifecycle import Lifecycle
 from worker.runtime.offsets import OffsetTracker
 from worker.runtime.work import Work
+
+A = TypeVar("A")
+B = TypeVar("B")
 
 
 class Stages:
@@ -109,30 +113,26 @@ class Stages:
             self._to_prepare.put(None)
 
     def _prepare(self) -> None:
-        try:
-            while (item := self._to_prepare.get()) is not None:
-                works, batch = item
-                if self.lifecycle.abort.is_set():
-                    continue
-                self.liveness.busy("prepare")
-                batch = self.processor.prepare(batch)
-                self.liveness.idle("prepare")
-                self._to_infer.put((works, batch))
-        finally:
-            self._to_infer.put(None)
+        self._relay("prepare", self._to_prepare, self.processor.prepare, self._to_infer)
 
     def _infer(self) -> None:
+        self._relay("infer", self._to_infer, self.processor.finish, self._to_deliver)
+
+    def _relay(
+        self, name: str, source: queue.Queue[tuple[list[Work], A] | None], call: Callable[[A], B], sink: queue.Queue[tuple[list[Work], B] | None]
+    ) -> None:
+        """One middle stage: take a batch, apply ``call`` (skipped once aborting), pass it on; pass the end-of-stream on too."""
         try:
-            while (item := self._to_infer.get()) is not None:
+            while (item := source.get()) is not None:
                 works, batch = item
                 if self.lifecycle.abort.is_set():
                     continue
-                self.liveness.busy("infer")
-                outcomes = self.processor.finish(batch)
-                self.liveness.idle("infer")
-                self._to_deliver.put((works, outcomes))
+                self.liveness.busy(name)
+                result = call(batch)
+                self.liveness.idle(name)
+                sink.put((works, result))
         finally:
-            self._to_deliver.put(None)
+            sink.put(None)
 
     def _deliver(self) -> None:
         while (item := self._to_deliver.get()) is not None:
