@@ -35,8 +35,8 @@ def ensure_bundle(arch: str) -> Path:
     out = bundle_dir(arch)
     if (out / MANIFEST).is_file():
         try:
-            LoadedBundle(out)
-            return out
+            if not LoadedBundle(out).preprocess.allow_draft:  # built before draft decoding became opt-in: rebuild at the default
+                return out
         except BundleError:
             pass
     from export.bundle import write_placeholder_bundle

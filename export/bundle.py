@@ -175,6 +175,7 @@ def write_placeholder_bundle(
     random_weights: bool = False,
     assume_openai: bool = False,
     preprocess_mode: PreprocessMode = "clip",
+    allow_draft: bool = False,
     name: str = "aigis",
     version: str = "0.1.0",
     seed: int = 0,
@@ -190,7 +191,13 @@ def write_placeholder_bundle(
     from export.heads.linear_probe import LinearProbe
 
     encoder, preprocess, dim = load_encoder(
-        architecture, pretrained, seed=seed, random_weights=random_weights, assume_openai=assume_openai, preprocess_mode=preprocess_mode
+        architecture,
+        pretrained,
+        seed=seed,
+        random_weights=random_weights,
+        assume_openai=assume_openai,
+        preprocess_mode=preprocess_mode,
+        allow_draft=allow_draft,
     )
     return write_bundle(
         out,

@@ -49,6 +49,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
             random_weights=args.random_weights,
             assume_openai=args.openai_weights,
             preprocess_mode=args.preprocess,
+            allow_draft=args.allow_draft,
             augment=args.augment,
         )
         cal = manifest.calibration
@@ -81,6 +82,7 @@ def cmd_bundle(args: argparse.Namespace) -> int:
         random_weights=args.random_weights,
         assume_openai=args.openai_weights,
         preprocess_mode=args.preprocess or "clip",
+        allow_draft=bool(args.allow_draft),
         name=args.name,
         version=args.version,
         seed=args.seed,
@@ -146,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bundle", help="build a model bundle (manifest + ONNX files)", description="Build a model bundle directory the worker can load.")
     b.add_argument("out", type=Path, help="Output directory (created; an existing manifest is replaced).")
-    from export.embed import add_weights_arguments
+    from export.embed import add_draft_argument, add_weights_arguments
 
     add_weights_arguments(
         b,
@@ -160,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="Preprocessing mode the bundle serves: clip (open_clip's eval transform) or ufd (UniversalFakeDetect's native 224 centre crop). "
         "Default: the mode the --data embeddings were made with, else clip.",
     )
+    add_draft_argument(b, default=None)
     b.add_argument(
         "--augment",
         type=int,

@@ -303,6 +303,7 @@ def load_encoder(
     random_weights: bool = False,
     assume_openai: bool = False,
     preprocess_mode: PreprocessMode = "clip",
+    allow_draft: bool = False,
 ) -> tuple[ImageEncoder, Preprocess, int]:
     """Build an image encoder; returns it (eval mode), its preprocessing and embedding dim.
 
@@ -310,6 +311,8 @@ def load_encoder(
     ``random_weights=True`` (deterministic from ``seed``: tests, the demo, speed
     benchmarks). ``preprocess_mode`` picks the named preprocessing the bundle
     will declare (``clip`` or ``ufd``); its size, mean and std come from the model.
+    ``allow_draft`` (clip mode only): JPEG draft decoding in embedding and serving,
+    a speed-for-fidelity trade the bundle records (off: the paper's pixels).
     """
     register_project_configs()
     if arch not in open_clip.list_models():
@@ -328,7 +331,9 @@ def load_encoder(
     resize_mode = pp.get("resize_mode", "shortest") or "shortest"
     if resize_mode != "shortest":
         raise SystemExit(f"{arch} uses resize_mode={resize_mode!r}; the worker implements 'shortest' only")
-    preprocess = Preprocess(mode=preprocess_mode, image_size=int(size), interpolation=interpolation, mean=mean, std=std)
+    if allow_draft and preprocess_mode != "clip":
+        raise SystemExit(f"--allow-draft applies to the clip mode only; {preprocess_mode} reads native-resolution pixels")
+    preprocess = Preprocess(mode=preprocess_mode, image_size=int(size), interpolation=interpolation, mean=mean, std=std, allow_draft=allow_draft)
     with torch.no_grad():
         dim = int(encoder(torch.zeros(1, 3, preprocess.image_size, preprocess.image_size)).shape[-1])
     return encoder, preprocess, dim

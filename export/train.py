@@ -112,8 +112,11 @@ class TrainingData:
     embeddings_dir: Path
 
 
-def _cache_dir(root: Path, dataset: Path, arch: str, pretrained: str | None, seed: int, views: bool, native: int | None, mode: str, augment: int) -> Path:
-    key = hashlib.sha256(f"{dataset.resolve()}|{arch}|{pretrained}|{seed}|{views}|{native}|{mode}|{augment}".encode()).hexdigest()[:16]
+def _cache_dir(
+    root: Path, dataset: Path, arch: str, pretrained: str | None, seed: int, views: bool, native: int | None, mode: str, augment: int, draft: bool
+) -> Path:
+    fields = f"{dataset.resolve()}|{arch}|{pretrained}|{seed}|{views}|{native}|{mode}|{augment}" + ("|draft" if draft else "")
+    key = hashlib.sha256(fields.encode()).hexdigest()[:16]
     return root / f"{dataset.name}-{arch}-{key}"
 
 
@@ -149,6 +152,7 @@ def load_training_data(
     random_weights: bool = False,
     assume_openai: bool = False,
     preprocess_mode: PreprocessMode = "clip",
+    allow_draft: bool = False,
     augment: int = 0,
 ) -> TrainingData:
     """Embeddings for ``data`` (an embedding directory as is, or an image dataset embedded into the cache)."""
@@ -157,7 +161,7 @@ def load_training_data(
     if is_embedding_dir(data):
         ds, meta = load_embeddings(data)
         return TrainingData(ds, meta, data, data)
-    out = embeddings_dir or _cache_dir(cache_root, data, arch, pretrained, seed, views, native_crop, preprocess_mode, augment)
+    out = embeddings_dir or _cache_dir(cache_root, data, arch, pretrained, seed, views, native_crop, preprocess_mode, augment, allow_draft)
     opts = EmbedOptions(
         arch=arch,
         pretrained=pretrained,
@@ -165,6 +169,7 @@ def load_training_data(
         random_weights=random_weights,
         assume_openai=assume_openai,
         preprocess=preprocess_mode,
+        allow_draft=allow_draft,
         augment=augment,
         views=views,
         native_crop=native_crop,
@@ -208,6 +213,7 @@ def train_bundle(
     random_weights: bool = False,
     assume_openai: bool = False,
     preprocess_mode: PreprocessMode | None = None,
+    allow_draft: bool | None = None,
     augment: int | None = None,
 ) -> BundleManifest:
     from export.bundle import HeadSpec, write_bundle
@@ -246,12 +252,17 @@ def train_bundle(
         if preprocess_mode is not None and preprocess_mode != made_mode:
             raise SystemExit(f"{data} was embedded with --preprocess {made_mode}; a bundle serves the mode its heads were trained on, not {preprocess_mode}")
         preprocess_mode = made_mode
+        made_draft = bool(meta.get("preprocess", {}).get("allow_draft", False))
+        if allow_draft is not None and allow_draft != made_draft:
+            raise SystemExit(f"{data} was embedded {'with' if made_draft else 'without'} --allow-draft; a bundle serves the pixels its heads were trained on")
+        allow_draft = made_draft
         if augment is not None and augment != int(meta.get("augment") or 0):
             raise SystemExit(f"{data} holds {meta.get('augment') or 0} augmented copies per image; --augment applies when embedding (python -m export embed)")
     arch = arch or DEFAULT_ARCH
     preprocess_mode = preprocess_mode or "clip"
+    allow_draft = bool(allow_draft)
     encoder, preprocess, dim = load_encoder(
-        arch, pretrained, seed=seed, random_weights=random_weights, assume_openai=assume_openai, preprocess_mode=preprocess_mode
+        arch, pretrained, seed=seed, random_weights=random_weights, assume_openai=assume_openai, preprocess_mode=preprocess_mode, allow_draft=allow_draft
     )
     td = load_training_data(
         data,
@@ -266,6 +277,7 @@ def train_bundle(
         random_weights=random_weights,
         assume_openai=assume_openai,
         preprocess_mode=preprocess_mode,
+        allow_draft=allow_draft,
         augment=augment or 0,
     )
     if "preprocess" in td.meta and Preprocess.model_validate(td.meta["preprocess"]) != preprocess:

@@ -47,8 +47,10 @@ class Preprocess(_Model):
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     allow_draft: bool = Field(
-        True,
-        description="Whether JPEG DCT-domain downscaling (Pillow draft mode) is acceptable before the resize. Always false for ufd, which reads native pixels.",
+        False,
+        description="Decode JPEGs with libjpeg's DCT-domain downscale (Pillow draft mode, never below image_size on the short side) before the "
+        "clip resize, in embedding and serving alike. Faster on large photographs but not the pixels the paper's transform sees (it moves scores "
+        "by ~1e-4), so off unless the bundle was built with --allow-draft. Always false for ufd, which reads native pixels.",
     )
 
     @model_validator(mode="before")

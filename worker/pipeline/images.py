@@ -3,7 +3,9 @@
 Decoded once whatever the number of bundles: the primary's backbone input and
 native crop, the shadow's own tensors when its preprocessing differs, and the
 pHash when the near-duplicate index is on. Draft (DCT-domain) JPEG decoding is
-used only when no bundle could see the difference (:attr:`Models.draft_side`).
+used only when every bundle of the batch was built to see it (``--allow-draft``,
+recorded in the manifest, so training saw the same pixels) and none reads
+native-resolution pixels (:attr:`Models.draft_side`).
 
 Provenance is read here too, from the *original* bytes (the metadata and the
 C2PA hard binding are about those exact bytes; nothing here re-encodes them)

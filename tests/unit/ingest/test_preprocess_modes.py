@@ -61,9 +61,10 @@ def test_clip_input_dispatches_on_the_mode() -> None:
     assert not np.allclose(a, b), "a resized view and a native crop of a 40x30 image must differ"
 
 
-def test_ufd_never_allows_draft_decoding() -> None:
+def test_draft_decoding_is_opt_in_and_never_for_ufd() -> None:
     assert _cfg("ufd").allow_draft is False
-    assert _cfg("clip").allow_draft is True
+    assert _cfg("clip").allow_draft is False, "draft decoding is not the paper's pixels: only a bundle built with --allow-draft uses it"
+    assert Preprocess(mode="clip", image_size=8, mean=MEAN, std=STD, allow_draft=True).allow_draft is True
     with pytest.raises(ValidationError, match="native-resolution"):
         Preprocess(mode="ufd", image_size=8, mean=MEAN, std=STD, allow_draft=True)
     # a manifest written by hand that forgets the field still gets draft off
