@@ -173,7 +173,7 @@ def write_placeholder_bundle(
     pretrained: str | None = None,
     *,
     random_weights: bool = False,
-    assume_openai: bool = False,
+    assume_openai: bool | None = None,
     preprocess_mode: PreprocessMode = "clip",
     allow_draft: bool = False,
     name: str = "aigis",

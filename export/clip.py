@@ -25,6 +25,14 @@ QuickGELU. They are recognised by:
 * ``assume_openai=True`` (``--openai-weights``) for a conversion whose
   contents cannot show it (e.g. the HF hub's ``timm/vit_large_patch14_clip_224.openai``).
 
+For an architecture OpenAI released (one with an ``openai`` tag in open_clip:
+ViT-B-32, ViT-B-16, ViT-L-14, ...), a checkpoint file that shows none of this
+evidence is refused unless the user says which it is: ``--openai-weights``
+(QuickGELU) or ``--not-openai-weights`` (``assume_openai=False``: weights trained
+with the config's own activation, e.g. LAION's). open_clip-format conversions
+of OpenAI's weights look exactly like those, so guessing either way could run
+every embedding with the wrong activation.
+
 The encoder carries :class:`schemas.Weights` (where the weights came from) and
 its activation, and :func:`export.embed.encoder_fingerprint` hashes both.
 """
@@ -237,7 +245,12 @@ def encoder_from_visual_state(arch: str, visual: dict[str, torch.Tensor], weight
     return ImageEncoder(model.eval(), weights).eval()
 
 
-def _build(arch: str, pretrained: str | None, seed: int, random_weights: bool, assume_openai: bool) -> tuple[torch.nn.Module, Weights]:
+def openai_released(arch: str) -> bool:
+    """OpenAI released weights for this architecture (open_clip lists an ``openai`` tag for it)."""
+    return "openai" in open_clip.list_pretrained_tags_by_model(arch)
+
+
+def _build(arch: str, pretrained: str | None, seed: int, random_weights: bool, assume_openai: bool | None) -> tuple[torch.nn.Module, Weights]:
     if pretrained is None:
         if not random_weights:
             raise SystemExit(
@@ -256,6 +269,12 @@ def _build(arch: str, pretrained: str | None, seed: int, random_weights: bool, a
     path = Path(pretrained)
     if path.is_file():
         facts, state = inspect_checkpoint(path)
+        if facts.openai_evidence is None and assume_openai is None and openai_released(arch):
+            raise SystemExit(
+                f"cannot tell whether {path} holds OpenAI's {arch} weights (trained with QuickGELU) or weights trained with GELU "
+                "(e.g. LAION's): it is neither OpenAI's release file nor in its layout. Say which: --openai-weights (runs QuickGELU) "
+                "or --not-openai-weights (runs the config's GELU)"
+            )
         evidence = facts.openai_evidence or ("declared with --openai-weights" if assume_openai else None)
         weights = Weights(source="checkpoint", file=path.name, sha256=facts.sha256, openai=evidence is not None, evidence=evidence)
         if facts.openai_evidence is not None:
@@ -263,12 +282,12 @@ def _build(arch: str, pretrained: str | None, seed: int, random_weights: bool, a
         if facts.torchscript:
             raise SystemExit(f"{path} is a TorchScript archive without OpenAI's CLIP layout; export its state dict with torch.save instead")
         if state and all(k.startswith("visual.") for k in state):  # the image tower alone (all the worker serves)
-            model = plain_clip(arch, quick_gelu=assume_openai, source=str(path))
+            model = plain_clip(arch, quick_gelu=bool(assume_openai), source=str(path))
             load_strict(image_tower(model), {k[len("visual.") :]: v for k, v in state.items()}, str(path), arch)
             return model, weights
         del state
         try:
-            model = open_clip.create_model(arch, pretrained=str(path), force_quick_gelu=assume_openai)
+            model = open_clip.create_model(arch, pretrained=str(path), force_quick_gelu=bool(assume_openai))
         except RuntimeError as exc:
             raise SystemExit(f"cannot load {path} into --arch {arch}: {exc}") from None
         return model, weights
@@ -301,7 +320,7 @@ def load_encoder(
     seed: int = 0,
     *,
     random_weights: bool = False,
-    assume_openai: bool = False,
+    assume_openai: bool | None = None,
     preprocess_mode: PreprocessMode = "clip",
     allow_draft: bool = False,
 ) -> tuple[ImageEncoder, Preprocess, int]:

@@ -91,8 +91,8 @@ class EmbedOptions:
     seed: int = 0
     #: Random encoder weights are used only when asked for (tests, demo, speed benchmarks).
     random_weights: bool = False
-    #: Treat a --pretrained checkpoint as OpenAI's (QuickGELU) when its contents cannot show it.
-    assume_openai: bool = False
+    #: A --pretrained checkpoint whose contents cannot show whether it is OpenAI's: True (QuickGELU), False (not OpenAI's), None (undeclared).
+    assume_openai: bool | None = None
     preprocess: PreprocessMode = "clip"
     #: JPEG draft decoding (clip mode): faster, not the paper's pixels; the bundle records it and serves the same.
     allow_draft: bool = False
@@ -435,10 +435,22 @@ def add_weights_arguments(
         action="store_true",
         help="Use random encoder weights (deterministic from --seed): for tests, demos and speed benchmarks only; scores then mean nothing.",
     )
-    p.add_argument(
+    who = p.add_mutually_exclusive_group()
+    who.add_argument(
         "--openai-weights",
-        action="store_true",
+        dest="openai_weights",
+        action="store_const",
+        const=True,
+        default=None,
         help="The --pretrained checkpoint is OpenAI's CLIP in a layout that does not show it (e.g. converted on the HF hub): run it with QuickGELU.",
+    )
+    who.add_argument(
+        "--not-openai-weights",
+        dest="openai_weights",
+        action="store_const",
+        const=False,
+        help="The --pretrained checkpoint is not OpenAI's (e.g. LAION's, trained with GELU): run the config's activation. One of the two is "
+        "required for a checkpoint of an architecture OpenAI released when the file itself cannot show it.",
     )
     p.add_argument("--seed", type=int, default=0, help="Seed of the random encoder weights with --random-weights (and of training in bundle).")
 

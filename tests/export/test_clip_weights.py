@@ -16,6 +16,7 @@ import open_clip
 import pytest
 import torch
 
+from export.cli import build_parser
 from export.clip import (
     RANDOM_INIT_NOTICE,
     TINY,
@@ -84,6 +85,22 @@ def test_a_plain_state_dict_runs_as_its_config_says_unless_declared_openai(ckpts
     assert declared.activation == "quick_gelu" and declared.weights.openai and declared.weights.evidence == "declared with --openai-weights"
     # same weights, other activation: another encoder, so embeddings made with one are refused for the other
     assert encoder_fingerprint(enc) != encoder_fingerprint(declared)
+
+
+def test_an_undeclared_checkpoint_of_an_openai_architecture_is_refused(tmp_path: Path) -> None:
+    """An open_clip-format file of ViT-L-14 cannot show whether it is OpenAI's (QuickGELU) or LAION's (GELU): the user must say."""
+    ckpt = tmp_path / "open_clip_pytorch_model.bin"
+    torch.save({"visual.class_embedding": torch.zeros(4)}, ckpt)  # refused before any model is built, so a stub suffices
+    with pytest.raises(SystemExit, match=r"--openai-weights .* or --not-openai-weights"):
+        load_encoder("ViT-L-14", str(ckpt))
+    for declared in (True, False):  # declared either way, it gets past the question (and fails on the stub's missing weights)
+        with pytest.raises(SystemExit, match=r"cannot load|missing"):
+            load_encoder("ViT-L-14", str(ckpt), assume_openai=declared)
+    args = build_parser().parse_args(["embed", "data", "out", "--pretrained", str(ckpt), "--not-openai-weights"])
+    assert args.openai_weights is False
+    assert build_parser().parse_args(["embed", "data", "out"]).openai_weights is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["embed", "data", "out", "--openai-weights", "--not-openai-weights"])
 
 
 def test_an_image_tower_checkpoint_loads_strictly(ckpts: dict[str, Path], tmp_path: Path) -> None:
