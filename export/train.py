@@ -346,14 +346,19 @@ def train_bundle(
         head_name = method.name if names_used[method.name] == 1 else f"{method.name}-{names_used[method.name]}"
         source = next((path for path, head in loaded.items() if head is method), None)
         if source is None:
-            fit_on = train_aug if tuple(method.inputs) == ("embedding",) else train
+            fit_on = train_aug if tuple(method.inputs) == ("embedding",) and method.fits_augmented else train
             if progress:
                 extra = f", {len(fit_on) - len(train)} of them augmented copies" if len(fit_on) > len(train) else ""
                 n_real, n_fake = int((train.labels == 0).sum()), int((train.labels == 1).sum())
                 print(f"[bundle] fitting {head_name} on {len(fit_on)} embeddings ({n_real} real, {n_fake} fake images{extra})")
             report = method.fit(fit_on, val, progress=progress)
             if n_aug and fit_on is train:
-                report.notes.append(f"{head_name} reads native pixels, which --augment does not store: trained on the {len(train)} unaugmented rows only")
+                why = (
+                    "its paper's bank is the training images themselves"
+                    if not method.fits_augmented
+                    else "it reads native pixels, which --augment does not store"
+                )
+                report.notes.append(f"{head_name} was fitted on the {len(train)} unaugmented rows only: {why}")
             if save_heads is not None:
                 saved = save_head(method, report, save_heads / f"{head_name}.pt", context)
                 if progress:

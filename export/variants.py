@@ -83,16 +83,37 @@ def gpu_available() -> bool:
 # -- graph transforms -----------------------------------------------------------------------
 
 
+class _OnnxRuntimeNotices(logging.Filter):
+    """Drops records below ERROR that ONNX Runtime's own Python code logged; every other record passes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        import onnxruntime
+
+        self.package = str(Path(onnxruntime.__file__).resolve().parent)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno >= logging.ERROR or not str(Path(record.pathname).resolve()).startswith(self.package)
+
+
 @contextlib.contextmanager
-def _quiet_root_logger():
-    """ORT's quantiser and fuser warn on the root logger about steps that do not apply here (pre-processing, symbolic shapes)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+def _quiet_onnxruntime_notices():
+    """ORT's quantiser and fuser warn about steps that do not apply here (pre-processing, symbolic shapes).
+
+    Part of it goes to ORT's own loggers (``onnxruntime.*``: raised to ERROR for
+    this call) and part straight to the root logger (``logging.warning``): there
+    a filter drops only the records that ORT's own files logged below ERROR.
+    Everything else anyone logs meanwhile still comes through.
+    """
+    notices, root, ort = _OnnxRuntimeNotices(), logging.getLogger(), logging.getLogger("onnxruntime")
+    level = ort.level
+    ort.setLevel(logging.ERROR)
+    root.addFilter(notices)
     try:
         yield
     finally:
-        root.setLevel(level)
+        root.removeFilter(notices)
+        ort.setLevel(level)
 
 
 def _hidden_size(path: Path) -> int:
@@ -116,7 +137,7 @@ def fuse_transformer(src: Path, dst: Path, model_type: FusionType = "clip", num_
     if model_type == "vit" and not num_heads:
         # open_clip ViTs use 64-wide heads (B/16: 768/12, L/14: 1024/16); the vit fuser needs the count.
         num_heads = max(1, hidden // 64)
-    with _quiet_root_logger():
+    with _quiet_onnxruntime_notices():
         opt = optimize_model(str(src), model_type=model_type, num_heads=num_heads, hidden_size=hidden if num_heads else 0, opt_level=1, use_gpu=for_gpu)
     opt.save_model_to_file(str(dst))
     return {k: int(v) for k, v in opt.get_fused_operator_statistics().items() if v}
@@ -136,7 +157,7 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = True, reduce_range: 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with _quiet_root_logger():
+    with _quiet_onnxruntime_notices():
         quantize_dynamic(
             str(src),
             str(dst),

@@ -93,6 +93,8 @@ class HeadMethod(ABC):
     anomaly_outputs: ClassVar[tuple[str, ...]] = ()
     #: Native crop side for heads that read pixels.
     crop_size: ClassVar[int | None] = None
+    #: Whether ``bundle`` fits it on the training split's ``--augment`` copies too (heads that learn weights do).
+    fits_augmented: ClassVar[bool] = True
 
     def __init__(self, config: HeadConfig | None = None, **overrides: Any) -> None:
         self.config = self.Config.model_validate({**(config.model_dump() if config else {}), **overrides})

@@ -128,6 +128,9 @@ class KNN(HeadMethod):
     paper = "Ojha et al., Towards Universal Fake Image Detectors (CVPR 2023), nearest neighbour, seed 002"
     Config = KNNConfig
     config: KNNConfig
+    #: The paper's bank is the training images' embeddings; ``--augment`` copies would make it K+1 times larger (graph size,
+    #: query cost) for a method that learns nothing from them.
+    fits_augmented = False
 
     def __init__(self, config: KNNConfig | None = None, **kw: Any) -> None:
         super().__init__(config, **kw)

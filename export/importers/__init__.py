@@ -14,7 +14,8 @@ it also writes the head as a checkpoint, so that
 recalibrates it for your target false-positive rate on your own validation
 images without retraining anything.
 
-Importers (one module each in export/importers/, listed in IMPORTERS):
+Importers (one module each in export/importers/; a module that defines ``IMPORTER``
+is found by itself, so a new published detector is one more file):
 
   ufd       UniversalFakeDetect (Ojha et al., CVPR 2023): the released linear probe
             on OpenAI's CLIP ViT-L/14, ufd preprocessing, threshold 0.5
@@ -31,8 +32,13 @@ import importlib
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
-#: Module names (in this package) that each define ``IMPORTER``; a new published detector is one more module here.
-IMPORTERS = ("ufd", "c2p_clip")
+
+def importer_modules() -> list[str]:
+    """Modules of this package that define ``IMPORTER`` (helpers such as ``common`` do not), in name order."""
+    import pkgutil
+
+    names = [m.name for m in pkgutil.iter_modules(__path__) if not m.ispkg]
+    return [n for n in sorted(names) if hasattr(importlib.import_module(f"{__name__}.{n}"), "IMPORTER")]
 
 
 class Importer(ABC):
@@ -52,7 +58,7 @@ class Importer(ABC):
 
 
 def all_importers() -> list[Importer]:
-    return [importlib.import_module(f"{__name__}.{module}").IMPORTER for module in IMPORTERS]
+    return [importlib.import_module(f"{__name__}.{module}").IMPORTER for module in importer_modules()]
 
 
 def get(name: str) -> Importer:

@@ -139,7 +139,14 @@ def test_embed_augment_stores_k_copies_resumably_and_sharded(dataset: Path, tmp_
 def test_heads_train_on_copies_of_the_training_split_only(dataset: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     embed_dataset(dataset, tmp_path / "e", EmbedOptions(arch=TINY, random_weights=True, preprocess="ufd", augment=2))
     manifest = train_bundle(
-        tmp_path / "b", data=tmp_path / "e", methods=["linear-probe"], arch=TINY, pretrained=None, random_weights=True, profile="small-data", progress=True
+        tmp_path / "b",
+        data=tmp_path / "e",
+        methods=["linear-probe", "knn"],
+        arch=TINY,
+        pretrained=None,
+        random_weights=True,
+        profile="small-data",
+        progress=True,
     )
     out = capsys.readouterr().out
     summary = manifest.heads[0].training["data"]
@@ -147,6 +154,10 @@ def test_heads_train_on_copies_of_the_training_split_only(dataset: Path, tmp_pat
     n_val = sum(sum(c.values()) for c in summary["validation"].values())
     assert n_train + n_val == 40 and summary["augmented_copies_per_training_image"] == 2
     assert f"fitting linear-probe on {3 * n_train} embeddings" in out and f"{2 * n_train} of them augmented copies" in out
+    # UFD's nearest-neighbour bank is the training images themselves, not their augmented copies
+    assert f"fitting knn on {n_train} embeddings" in out
+    knn = next(h for h in manifest.heads if h.name == "knn")
+    assert any("unaugmented rows only" in n for n in knn.training["fit"]["notes"]), knn.training["fit"]
     assert manifest.calibration.validation["n_real"] + manifest.calibration.validation["n_fake"] == n_val  # validation: originals only
     assert manifest.backbone.preprocess.mode == "ufd"  # served as embedded
     raw = json.loads((tmp_path / "b" / "manifest.json").read_text())

@@ -115,3 +115,23 @@ def test_fp16_bundle_falls_back_to_cpu_without_crashing(tiny_bundle: Path, tmp_p
     )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and "scored" in result.stdout, (result.returncode, result.stderr[-2000:])
+
+
+def test_only_onnxruntimes_own_notices_are_quieted(caplog: pytest.LogCaptureFixture) -> None:
+    """Fusion and quantisation quiet ORT's notices (its loggers, and its root-logger calls), nobody else's."""
+    import logging
+    import os
+
+    import onnxruntime
+
+    from export.variants import _quiet_onnxruntime_notices
+
+    ort_file = os.path.join(os.path.dirname(onnxruntime.__file__), "quantization", "quantize.py")
+    with caplog.at_level(logging.WARNING), _quiet_onnxruntime_notices():
+        logging.getLogger("aigis.test").warning("ours")
+        logging.getLogger("onnxruntime.transformers.fusion").warning("ort child notice")
+        logging.getLogger().handle(logging.LogRecord("root", logging.WARNING, ort_file, 1, "ort root notice", None, None))
+        logging.getLogger().handle(logging.LogRecord("root", logging.ERROR, ort_file, 1, "ort root error", None, None))
+    logging.getLogger("onnxruntime.transformers.fusion").warning("ort after")
+    got = [r.getMessage() for r in caplog.records]
+    assert got == ["ours", "ort root error", "ort after"], got
