@@ -258,8 +258,9 @@ def _provenance(d: dict[str, Any]) -> str:
     miss = [r for r in d["rows"] if r["part"] == "miss_path"]
     reader = [r for r in d["rows"] if r["part"] == "reader"]
     fp = next((r for r in d["rows"] if r["part"] == "false_positives"), None)
+    reps = d["config"]["reps"]
     parts = [
-        f"Per image on the cache-miss path (`prepare_image` as the decode pool runs it, median of {d['config']['reps']} runs; "
+        f"Per image on the cache-miss path (`prepare_image` as the decode pool runs it, median of {reps} run{'s' if reps != 1 else ''}; "
         "provenance off vs `decide` with a trust list):",
         table(
             ["image", "prepare, provenance off (ms)", "decode + preprocess (ms)", "provenance stage (ms)", "share"],

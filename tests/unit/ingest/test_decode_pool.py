@@ -60,15 +60,17 @@ def test_a_later_phase_has_its_own_limit_and_answers_with_its_fallback() -> None
     release = threading.Event()
     pool = DecodePool(1)
 
-    def two_phases(first_s: float) -> str:
-        time.sleep(first_s)  # within the first limit only if the clock restarts
-        restart_limit(0.2, lambda: "fallback")
-        release.wait(30)
+    def two_phases() -> str:
+        time.sleep(0.1)  # the first phase ends well within its 0.6 s
+        restart_limit(1.5, lambda: "fallback")
+        release.wait(30)  # past the first limit, within the second until it too runs out
         return "finished"
 
     try:
-        fut = pool.submit_limited(0.5, lambda: TimeoutError("first phase"), two_phases, 0.3)
+        t0 = time.monotonic()
+        fut = pool.submit_limited(0.6, lambda: TimeoutError("first phase"), two_phases)
         assert fut.result(timeout=10) == "fallback" and pool.timeouts == 1
+        assert time.monotonic() - t0 >= 1.5, "the second phase's limit, not the first's, ended the task"
         # Without a restart the same work is one phase and fails with the first answer.
         fut = pool.submit_limited(0.2, lambda: TimeoutError("first phase"), release.wait, 30)
         try:
@@ -87,7 +89,7 @@ def test_restarting_after_the_first_phase_overran_reports_it_and_outside_a_pool_
     done = threading.Event()
 
     def late() -> None:
-        time.sleep(0.4)
+        time.sleep(1.0)  # ten times its limit: the watchdog has answered long before
         answers.append(restart_limit(5.0, lambda: "never"))
         done.set()
 
