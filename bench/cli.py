@@ -13,7 +13,9 @@ Benchmarks (in run order):
   baseline   4. a kafka-python + open_clip one-at-a-time consumer vs the aigis worker
   cache      5. all-duplicate stream: worker vs a bare kafka-python loop, with a py-spy profile
   latency    6. p50/p99 produce -> verdict at 50 % / 90 % of capacity, two --max-wait-ms
+  uri        events pointing at a store that answers after 50 ms vs the same images inline
   scaling    7. aigis-tiny, ViT-B-16, ViT-L-14 (random weights): how cost grows
+  provenance the provenance stage's cost per image on the cache-miss path (target: under 5% of decode) and the watermark's false positives
 
 Each benchmark writes OUT/NAME.json (machine, command, settings, rows with
 median and spread, targets, notes); OUT/results.md is regenerated from all the
@@ -35,6 +37,7 @@ from bench.results import BenchResult
 def _registry() -> dict[str, Callable[[Options], BenchResult]]:
     from bench.backbone import run_backbone, run_roofline, run_scaling
     from bench.decode import run_decode
+    from bench.provenance import run_provenance
     from bench.streaming import run_baseline, run_cache, run_latency, run_streaming
     from bench.uri import run_uri
 
@@ -48,10 +51,11 @@ def _registry() -> dict[str, Callable[[Options], BenchResult]]:
         "latency": run_latency,
         "uri": run_uri,
         "scaling": run_scaling,
+        "provenance": run_provenance,
     }
 
 
-NAMES = ["roofline", "backbone", "decode", "streaming", "baseline", "cache", "latency", "uri", "scaling"]
+NAMES = ["roofline", "backbone", "decode", "streaming", "baseline", "cache", "latency", "uri", "scaling", "provenance"]
 
 
 def _ints(text: str) -> list[int]:

@@ -31,6 +31,8 @@ class Options:
     latency_loads: list[float] = field(default_factory=lambda: [0.5, 0.9])
     decode_threads: list[int] = field(default_factory=lambda: [1, 2, 4])
     decode_images: int = 12
+    #: variants of each colour photo the watermark false-positive count reads (benchmark provenance; grey photos get a tenth)
+    provenance_variants: int = 200
     worker_log_level: str = "warning"
     #: extra AIGIS_* settings for every worker the benchmarks start (e.g. {"AIGIS_MAX_BATCH": "16"})
     worker_env: dict[str, str] = field(default_factory=dict)
@@ -53,4 +55,5 @@ class Options:
             latency_seconds=6.0,
             decode_threads=[1, 2],
             decode_images=4,
+            provenance_variants=4,
         )

@@ -1,6 +1,8 @@
 """Benchmark: the provenance stage's cost per image, and the SD watermark decoder's false-positive rate on real photographs.
 
-``python -m bench.provenance``. Three parts:
+``python -m bench --only provenance`` (JSON + a results.md section, with the
+5%-of-decode target per cache-miss case) or ``python -m bench.provenance``
+(the same parts, printed, ``--json`` optional). Three parts:
 
 **Cache-miss path.** What the wired stage adds to a miss: the worker's own
 ``prepare_image`` (decode + preprocess for the tiny benchmark bundle, as the
@@ -42,6 +44,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from bench.options import Options
+from bench.results import BenchResult
 from devkit.c2pa_signing import make_ca, make_signer, sign_image
 from devkit.watermark import embed
 from export.photos import load_rgb, photo_paths
@@ -83,18 +87,27 @@ def real_photos() -> list[tuple[str, np.ndarray]]:
     return out
 
 
-def cost(reps: int) -> list[dict[str, object]]:
+#: The phone-sized photo the large cases are made from (--quick makes it smaller).
+BIG = (4032, 3024)
+
+
+def _mp(size: tuple[int, int]) -> str:
+    return f"{max(1, round(size[0] * size[1] / 1e6))}MP"
+
+
+def cost(reps: int, big_size: tuple[int, int] = BIG) -> list[dict[str, object]]:
     from bench.artifacts import large_photo
 
-    big = large_photo(4032, 3024)
+    big = large_photo(*big_size)
+    mp = _mp(big_size)
     ca = make_ca()
     trust = TrustList.from_pem(ca.cert_pem)
     big_jpeg = _encode(big, "JPEG", quality=90)
     small = big.resize((224, 224))
     cases = {
-        "12MP JPEG q90": big_jpeg,
-        "12MP JPEG q90, C2PA-signed": sign_image(big_jpeg, "image/jpeg", make_signer(ca)),
-        "12MP PNG": _encode(big, "PNG", compress_level=1),
+        f"{mp} JPEG q90": big_jpeg,
+        f"{mp} JPEG q90, C2PA-signed": sign_image(big_jpeg, "image/jpeg", make_signer(ca)),
+        f"{mp} PNG": _encode(big, "PNG", compress_level=1),
         "224px JPEG": _encode(small, "JPEG", quality=90),
         "256px PNG": _encode(big.resize((256, 256)), "PNG"),
         "512px PNG (SD 1.x output size)": _encode(big.resize((512, 512)), "PNG"),
@@ -125,7 +138,7 @@ def cost(reps: int) -> list[dict[str, object]]:
     return rows
 
 
-def miss_path(reps: int) -> list[dict[str, object]]:
+def miss_path(reps: int, big_size: tuple[int, int] = BIG) -> list[dict[str, object]]:
     """Per image on the cache-miss path: ``prepare_image`` as the decode pool runs it, provenance off vs decide."""
     from bench.artifacts import TINY, ensure_bundle, large_photo
     from devkit import provenance_images as pi
@@ -140,12 +153,13 @@ def miss_path(reps: int) -> list[dict[str, object]]:
     trust = TrustList.from_pem(ca.cert_pem)
     off = ProvenanceSettings(ProvenancePolicy.off)
     decide = ProvenanceSettings(ProvenancePolicy.decide, trust, PROV)
-    big = large_photo(4032, 3024)
+    big = large_photo(*big_size)
+    mp = _mp(big_size)
     big_jpeg = _encode(big, "JPEG", quality=90)
     sd = big.resize((512, 512))
     cases = {
-        "12MP JPEG q90": big_jpeg,
-        "12MP JPEG q90, C2PA-signed": sign_image(big_jpeg, "image/jpeg", make_signer(ca)),
+        f"{mp} JPEG q90": big_jpeg,
+        f"{mp} JPEG q90, C2PA-signed": sign_image(big_jpeg, "image/jpeg", make_signer(ca)),
         "1MP JPEG q90": _encode(big.resize((1152, 864)), "JPEG", quality=90),
         "512px A1111 PNG": pi.png_with_text({"parameters": pi.a1111_parameters()}, sd),
         "512px ComfyUI PNG": pi.png_with_text({"prompt": pi.comfyui_prompt(), "workflow": pi.comfyui_workflow()}, sd),
@@ -199,12 +213,13 @@ def _variants(rgb: np.ndarray, n: int, rng: np.random.Generator) -> list[np.ndar
     return out
 
 
-def false_positives(variants_per_photo: int, seed: int = 0) -> dict[str, object]:
+def false_positives(variants_per_photo: int, seed: int = 0, max_photos: int | None = None, mosaics: tuple[int, ...] = (1, 2, 4)) -> dict[str, object]:
+    """``max_photos``/``mosaics`` shrink the run for ``--quick`` (first photos only; 1 = the photo itself, 2 and 4 = 2x2 and 4x4 mosaics)."""
     rng = np.random.default_rng(seed)
     limits = ProvenanceLimits()
     whole = ProvenanceLimits(watermark_probe_tiles=limits.watermark_max_tiles)  # no early exit: the statistic's own spread
     full_read: list[float] = []
-    photos = real_photos()
+    photos = real_photos()[:max_photos]
     trials = hits = hits_full = checked_colour = 0
     best: list[float] = []
     per_photo: dict[str, float] = {}
@@ -227,7 +242,7 @@ def false_positives(variants_per_photo: int, seed: int = 0) -> dict[str, object]
             hits_full += int((full.agreement or 0.0) >= MATCH_AGREEMENT)
         per_photo[name] = round(top, 4)
         if colour and rgb.shape[0] * rgb.shape[1] >= limits.watermark_min_pixels:
-            for scale in (1, 2, 4):  # 2x2 and 4x4 mosaics: large images, read in windows
+            for scale in mosaics:  # 2x2 and 4x4 mosaics: large images, read in windows
                 big = np.ascontiguousarray(np.tile(rgb, (scale, scale, 1))) if scale > 1 else rgb
                 for payload in PAYLOADS:
                     sig = read_watermark(Image.fromarray(embed(big, payload)), None, limits)
@@ -255,6 +270,39 @@ def false_positives(variants_per_photo: int, seed: int = 0) -> dict[str, object]
         "marked_agreement_min": round(marked_min, 4),
         "per_photo_max": per_photo,
     }
+
+
+#: The issue's target for the stage: under this share of the decode time, per image on the cache-miss path.
+TARGET_SHARE = 0.05
+
+
+def run_provenance(opts: Options) -> BenchResult:
+    """``python -m bench --only provenance``: the three parts into one result, a 5%-of-decode target per cache-miss case."""
+    r = BenchResult("provenance", "Provenance stage: cost per image on the cache-miss path, and the SD watermark's false positives on real photos", opts.quick)
+    big = (2016, 1512) if opts.quick else BIG  # 3 MP: distinct from the 1 MP case
+    r.config.update(reps=opts.reps, big_image=list(big), variants_per_photo=opts.provenance_variants, target_share_of_decode=TARGET_SHARE)
+    print("  cache-miss path: prepare_image with provenance off vs decide", flush=True)
+    for row in miss_path(opts.reps, big):
+        r.add(part="miss_path", **row)
+    print("  reader alone on an image decoded once", flush=True)
+    for row in cost(opts.reps, big):
+        r.add(part="reader", **row)
+    print("  watermark false positives on real photographs", flush=True)
+    fp = false_positives(opts.provenance_variants, max_photos=4 if opts.quick else None, mosaics=(1,) if opts.quick else (1, 2, 4))
+    r.add(part="false_positives", **fp)
+    for row in r.rows:
+        if row["part"] == "miss_path":
+            share = float(row["share_of_decode"])
+            r.target(f"provenance / decode + preprocess, {row['image']} (miss path)", f"<= {TARGET_SHARE:.0%}", 100 * share, 100 * TARGET_SHARE, "%", True)
+    r.note(
+        "the provenance time is the provenance_ms the pipeline records (--provenance-policy decide with a trust list); "
+        "the share is against the same prepare_image call's decode + preprocess, tiny benchmark bundle"
+    )
+    r.note(
+        "known misses of the 5% target: a C2PA manifest is validated by hashing the whole file in the SDK (paid only by files that carry one), "
+        "and on small lossless PNGs the watermark decoder's fixed cost (at most 512 probe tiles) meets a cheap decode"
+    )
+    return r.finish()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -153,14 +153,34 @@ def invokeai_legacy_metadata(model: str = "stable-diffusion-1.5") -> str:
     return json.dumps({"model": "stable diffusion", "model_weights": model, "app_id": "invoke-ai/InvokeAI", "image": {"prompt": PROMPT, "steps": 30}})
 
 
-def novelai_chunks(source: str = "NovelAI Diffusion V4 4F49EC75") -> dict[str, str]:
-    return {
-        "Title": "AI generated image",
-        "Description": PROMPT,
-        "Software": "NovelAI",
-        "Source": source,
-        "Comment": json.dumps({"prompt": PROMPT, "steps": 28, "sampler": "k_euler_ancestral"}),
-    }
+def novelai_comment() -> str:
+    """The JSON NovelAI writes into its PNG ``Comment`` chunk: the prompt, ``uc`` (its negative prompt) and the settings."""
+    return json.dumps(
+        {
+            "prompt": PROMPT,
+            "steps": 28,
+            "height": 1216,
+            "width": 832,
+            "scale": 5.0,
+            "seed": 1234567890,
+            "n_samples": 1,
+            "noise_schedule": "karras",
+            "sampler": "k_euler_ancestral",
+            "uc": NEGATIVE,
+            "request_type": "PromptGenerateRequest",
+            "signed_hash": "0" * 86 + "==",
+        }
+    )
+
+
+def novelai_chunks(source: str | None = "NovelAI Diffusion V4 4F49EC75", software: bool = True) -> dict[str, str]:
+    """NovelAI's PNG text chunks; ``software=False`` (and ``source=None``) leave the ones tools are likeliest to drop."""
+    chunks = {"Title": "AI generated image", "Description": PROMPT, "Software": "NovelAI", "Source": source or "", "Comment": novelai_comment()}
+    if not software:
+        del chunks["Software"]
+    if source is None:
+        del chunks["Source"]
+    return chunks
 
 
 def fooocus_chunks(model: str = "juggernautXL_v8Rundiffusion.safetensors") -> dict[str, str]:

@@ -16,8 +16,9 @@ settings that trust the demo's own C2PA certificate authority
 * a PNG carrying Stable Diffusion's invisible DWT-DCT watermark (SDXL
   payload): provenance decides;
 * each of them re-encoded as an upload pipeline would (JPEG q90, 4:2:0, no
-  metadata): every signal is ``absent`` (the 4:2:0 chroma also erases the
-  watermark), so only the model speaks.
+  metadata): C2PA, IPTC and generator metadata are ``absent`` and the
+  watermark is ``not_checked`` (4:2:0 chroma has erased it, so the decoder
+  does not look): nothing is found, so only the model speaks.
 
 The certificates are made once per work directory (``<workdir>/provenance``)
 and reused, so the worker, started before the first round, trusts the CA that

@@ -161,6 +161,13 @@ class WorkerConfig(BaseModel):
         "PEM file of C2PA trust anchors (CA certificates). Unset: signers are reported, none is trusted, so no manifest decides a label.",
         "provenance",
     )
+    provenance_timeout_s: float = _f(
+        2.0,
+        "Per-image limit on the provenance read, counted after decode + preprocess and apart from --decode-timeout-s; "
+        "a slower read makes every signal unreadable ('timed out'), the image still gets the model's verdict (0 = none).",
+        "provenance",
+        ge=0,
+    )
     # Ops
     metrics_port: int = _f(0, "Port for /metrics (Prometheus), /healthz (liveness) and /readyz (readiness); 0 = off.", "ops", ge=0, le=65535)
     liveness_timeout_s: float = _f(60.0, "/healthz fails when the poll loop or a pipeline stage made no progress for this long.", "ops", gt=0)

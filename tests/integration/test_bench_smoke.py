@@ -114,3 +114,24 @@ def test_latency_benchmark_breaks_the_time_down_and_states_the_targets(
     assert row["n"] > 0 and {"to_pickup_p50_ms", "in_pipeline_p50_ms", "prepare_mean_ms", "inference_mean_ms"} <= row.keys()
     assert [t["name"] for t in doc["targets"]] == ["p50 at 50% load (aigis-tiny, defaults)", "p99 at 50% load (aigis-tiny, defaults)"]
     assert "to pick-up p50 ms" in (out / "results.md").read_text()
+
+
+def test_provenance_benchmark_writes_its_rows_targets_and_section(bench_cache: Path, tmp_path: Path) -> None:
+    """``--only provenance``: the cache-miss cases with a 5%-of-decode target each, the reader alone, the watermark's false positives."""
+    out = tmp_path / "results"
+    assert bench_main(["--only", "provenance", "--quick", "--reps", "1", "--out", str(out)]) == 0
+    doc = json.loads((out / "provenance.json").read_text())
+    parts = [r["part"] for r in doc["rows"]]
+    assert parts.count("miss_path") == 5 and parts.count("reader") >= 6 and parts.count("false_positives") == 1
+    for row in doc["rows"]:
+        if row["part"] != "false_positives":
+            assert row["decode_ms"] > 0 and row["provenance_ms"] > 0
+            assert row["share_of_decode"] == pytest.approx(row["provenance_ms"] / row["decode_ms"], rel=0.05, abs=1e-3)
+    miss = [r["image"] for r in doc["rows"] if r["part"] == "miss_path"]
+    assert [t["name"] for t in doc["targets"]] == [f"provenance / decode + preprocess, {image} (miss path)" for image in miss]
+    assert all(t["goal"] == "<= 5%" and t["met"] is not None for t in doc["targets"])
+    fp = doc["rows"][-1]
+    assert fp["trials"] > 0 and fp["marked"] > 0
+    md = (out / "results.md").read_text()
+    assert "### Provenance stage" in md and "| image | prepare, provenance off (ms) |" in md and "Watermark false positives on" in md
+    assert "| provenance | provenance / decode + preprocess, 3MP JPEG q90, C2PA-signed (miss path) | <= 5% |" in md

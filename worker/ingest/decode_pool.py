@@ -22,6 +22,14 @@ the health check turns unhealthy so the orchestrator restarts the process.
 
 The limit is measured from when a thread *starts* the task, not from
 submission, so waiting behind other work in the queue never times an item out.
+
+A task may run in phases with limits of their own: :func:`restart_limit`,
+called from inside the task, ends the current phase (its work is done) and
+starts the clock again with a new limit and a new answer for when it passes,
+which may be a result instead of an error. The prepare job uses it so that a
+slow provenance read (the C2PA SDK cannot be interrupted either) answers the
+decoded image with its signals ``unreadable`` instead of costing the upload
+its verdict as a ``decode_timeout``.
 """
 
 from __future__ import annotations
@@ -42,9 +50,31 @@ class _Task:
     args: tuple[Any, ...]
     kwargs: dict[str, Any]
     limit_s: float | None = None
-    on_timeout: Callable[[], BaseException] | None = None
+    on_timeout: Callable[[], Any] | None = None
+    #: Whether ``on_timeout()`` is the task's result (a later phase's fallback) rather than the error to fail it with.
+    timeout_is_result: bool = False
     deadline: float | None = field(default=None, init=False)
     abandoned: bool = field(default=False, init=False)
+
+
+#: The task the current thread runs, and its pool (unset outside a pool's threads).
+_current = threading.local()
+
+
+def restart_limit(limit_s: float | None, fallback: Callable[[], Any]) -> bool:
+    """From inside a :class:`DecodePool` task: start a new phase, ``limit_s`` from now (None: unlimited).
+
+    If the phase overruns, the task's future gets ``fallback()`` as its *result*
+    (the thread is abandoned as for any timeout). Returns False when the task
+    has already timed out (its result will be discarded, so the caller may stop
+    working) and True otherwise, also outside a pool, where there is no limit to
+    restart and nothing happens.
+    """
+    pool: DecodePool | None = getattr(_current, "pool", None)
+    task: _Task | None = getattr(_current, "task", None)
+    if pool is None or task is None:
+        return True
+    return pool._restart(task, limit_s, fallback)
 
 
 class DecodePool(Executor):
@@ -70,8 +100,8 @@ class DecodePool(Executor):
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future[Any]:
         return self._put(_Task(Future(), fn, args, kwargs))
 
-    def submit_limited(self, limit_s: float, on_timeout: Callable[[], BaseException], fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
-        """Like ``submit``; the future fails with ``on_timeout()`` once the task has run ``limit_s``."""
+    def submit_limited(self, limit_s: float | None, on_timeout: Callable[[], BaseException], fn: Callable[..., Any], /, *args: Any) -> Future[Any]:
+        """Like ``submit``; the future fails with ``on_timeout()`` once the task has run ``limit_s`` (None: no limit until :func:`restart_limit`)."""
         return self._put(_Task(Future(), fn, args, {}, limit_s, on_timeout))
 
     @property
@@ -116,6 +146,15 @@ class DecodePool(Executor):
         self._queue.put(task)
         return task.future
 
+    def _restart(self, task: _Task, limit_s: float | None, fallback: Callable[[], Any]) -> bool:
+        with self._cond:
+            if task.abandoned:
+                return False
+            task.limit_s, task.on_timeout, task.timeout_is_result = limit_s, fallback, True
+            task.deadline = time.monotonic() + limit_s if limit_s is not None else None
+            self._cond.notify_all()  # the watchdog may be sleeping towards a later deadline
+            return True
+
     def _spawn(self) -> None:
         self._serial += 1
         threading.Thread(target=self._work, name=f"{self.name}-{self._serial}", daemon=True).start()
@@ -133,10 +172,13 @@ class DecodePool(Executor):
                     task.deadline = time.monotonic() + task.limit_s
                 self._running[me] = task
                 self._cond.notify_all()
+            _current.pool, _current.task = self, task
             try:
                 result, error = task.fn(*task.args, **task.kwargs), None
             except BaseException as exc:
                 result, error = None, exc
+            finally:
+                _current.pool = _current.task = None
             with self._cond:
                 self._running.pop(me, None)
                 if not task.abandoned:
@@ -161,7 +203,15 @@ class DecodePool(Executor):
                     self._timeouts += 1
                     self._abandoned_threads.add(thread)
                     assert task.on_timeout is not None
-                    task.future.set_exception(task.on_timeout())
+                    try:
+                        answer = task.on_timeout()
+                    except Exception as exc:  # a fallback that fails must not stop the watchdog
+                        task.future.set_exception(exc)
+                    else:
+                        if task.timeout_is_result:
+                            task.future.set_result(answer)
+                        else:
+                            task.future.set_exception(answer)
                     self._spawn()
                 if expired:
                     continue

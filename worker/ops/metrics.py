@@ -209,7 +209,7 @@ class WorkerMetrics:
             ["role", "name", "version", "sha256", "weights"],
         )
         self.bundle_reloads = Counter(r, "aigis_bundle_reloads_total", "Hot-swap attempts by result.", ["result"])
-        self.decode_abandoned = Gauge(r, "aigis_decode_threads_abandoned", "Decode threads still busy on an item that hit the decode time limit.")
+        self.decode_abandoned = Gauge(r, "aigis_decode_threads_abandoned", "Decode threads still busy on an item that hit the decode or provenance time limit.")
         self.loop_age = Gauge(r, "aigis_loop_progress_age_seconds", "Seconds since the poll loop last made progress.")
         # Drift statistics (worker/ops/drift.py), per served bundle; statistic: score_shift | uncertain_rate | novelty_rate.
         drift = ["role", "name", "version", "statistic", "signal"]

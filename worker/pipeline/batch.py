@@ -192,11 +192,12 @@ class BatchProcessor:
                     it.decode_ms, it.provenance = prep.decode_ms, prep.provenance
 
     def _submit_decode(self, models: Models, data: bytes) -> Future[Prepared]:
+        """One prepare job: the decode under ``--decode-timeout-s``, then provenance under its own limit (see ``prepare_image``)."""
         limit = self.settings.decode_timeout_s
         args = (data, models, self.settings.decode_limits, self.settings.near_distance is not None, self.settings.provenance)
-        if isinstance(self.pool, DecodePool) and limit > 0:
+        if isinstance(self.pool, DecodePool) and (limit > 0 or self.settings.provenance.timeout_s > 0):
             return self.pool.submit_limited(
-                limit,
+                limit if limit > 0 else None,
                 lambda: InputError(ErrorCode.decode_timeout, f"decoding took longer than {limit:g}s"),
                 prepare_image,
                 *args,

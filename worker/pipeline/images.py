@@ -13,11 +13,15 @@ plus the decoded image for the watermark, so the image is decoded once for
 both. It runs only for images that decode: an undecodable file is a dead
 letter whatever its metadata says, and a decodable one always gets its
 verdict, because the stage turns every parser failure into an ``unreadable``
-signal instead of raising.
+signal instead of raising, and a read that overruns
+``--provenance-timeout-s`` (its own budget, after the decode's) into four
+``unreadable`` signals, "timed out", beside the decoded image
+(:func:`~worker.ingest.decode_pool.restart_limit`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 from PIL import Image
@@ -27,6 +31,7 @@ from schemas.provenance import C2paSignal, GeneratorSignal, IptcSignal, SignalSt
 from worker.cache.phash import phash
 from worker.errors import InputError
 from worker.ingest.decode import DecodeLimits, decode_image
+from worker.ingest.decode_pool import restart_limit
 from worker.ingest.preprocess import clip_input, native_crop
 from worker.ingest.provenance import ProvenanceReading, read_provenance
 from worker.model.rollout import Models
@@ -50,12 +55,20 @@ def prepare_image(data: bytes, models: Models, limits: DecodeLimits, with_phash:
     except Exception as exc:  # a decoder or resampler blowing up on odd data is still bad input
         raise InputError(ErrorCode.undecodable, f"image processing failed: {type(exc).__name__}: {exc}") from None
     decode_ms = (time.perf_counter() - t0) * 1000
-    reading, provenance_ms = None, 0.0
-    if provenance is not None and provenance.reads:
-        t1 = time.perf_counter()
-        reading = read_image_provenance(data, provenance, img)
-        provenance_ms = (time.perf_counter() - t1) * 1000
-    return Prepared(pixels, native, decode_ms, hashed, shadow_pixels, shadow_native, reading, provenance_ms)
+    prepared = Prepared(pixels, native, decode_ms, hashed, shadow_pixels, shadow_native)
+    if provenance is None or not provenance.reads:
+        return prepared
+    # The decode's time limit ends here; provenance gets its own (in a DecodePool; elsewhere nothing is limited).
+    budget = provenance.timeout_s
+
+    def timed_out() -> Prepared:  # the watchdog's answer if the read overruns (made then, not on every image)
+        return dataclasses.replace(prepared, provenance=unreadable_reading(f"timed out after {budget:g}s"), provenance_ms=budget * 1000)
+
+    if not restart_limit(budget if budget > 0 else None, timed_out):
+        return prepared  # the decode already overran: the waiter has its decode_timeout, this result is discarded
+    t1 = time.perf_counter()
+    reading = read_image_provenance(data, provenance, img)
+    return dataclasses.replace(prepared, provenance=reading, provenance_ms=(time.perf_counter() - t1) * 1000)
 
 
 def read_image_provenance(data: bytes, settings: ProvenanceSettings, image: Image.Image | None) -> ProvenanceReading:
@@ -68,6 +81,10 @@ def read_image_provenance(data: bytes, settings: ProvenanceSettings, image: Imag
     try:
         return read_provenance(data, settings.limits, settings.trust, image=image)
     except Exception as exc:
-        why = f"provenance stage failed: {type(exc).__name__}"
-        kinds = (C2paSignal, IptcSignal, GeneratorSignal, WatermarkSignal)
-        return ProvenanceReading(tuple(k(status=SignalStatus.unreadable, detail=why) for k in kinds))
+        return unreadable_reading(f"provenance stage failed: {type(exc).__name__}")
+
+
+def unreadable_reading(why: str) -> ProvenanceReading:
+    """Every signal kind ``unreadable`` for one reason: the stage as a whole failed or ran out of time."""
+    kinds = (C2paSignal, IptcSignal, GeneratorSignal, WatermarkSignal)
+    return ProvenanceReading(tuple(k(status=SignalStatus.unreadable, detail=why) for k in kinds))

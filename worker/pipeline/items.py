@@ -69,6 +69,8 @@ class ProvenanceSettings:
     trust: TrustList | None = None
     limits: ProvenanceLimits = DEFAULT_LIMITS
     fingerprint: str = ""
+    #: Time budget of one image's provenance read, after its decode (0 = none); not in the fingerprint: it bounds, never changes, a reading.
+    timeout_s: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.fingerprint:
@@ -87,7 +89,7 @@ class ProvenanceSettings:
         except TrustListError as exc:
             raise SystemExit(f"--provenance-trust-anchors: {exc}") from None
         # The stage may read every byte the worker accepts; its other caps (chunks, text, XMP, C2PA) bound the work.
-        return cls(cfg.provenance_policy, trust, ProvenanceLimits(max_bytes=cfg.max_image_bytes))
+        return cls(cfg.provenance_policy, trust, ProvenanceLimits(max_bytes=cfg.max_image_bytes), timeout_s=cfg.provenance_timeout_s)
 
 
 @dataclass(frozen=True)

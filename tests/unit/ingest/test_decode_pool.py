@@ -8,6 +8,8 @@ after the slow one are decoded as usual.
 from __future__ import annotations
 
 import io
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +17,7 @@ from PIL import Image
 
 from devkit.images import unique_jpegs
 from worker.config import WorkerConfig
-from worker.ingest.decode_pool import DecodePool
+from worker.ingest.decode_pool import DecodePool, restart_limit
 from worker.ingest.wire import InputRecord
 from worker.model.bundle import LoadedBundle
 from worker.model.rollout import Models
@@ -51,3 +53,50 @@ def test_slow_decode_is_dead_lettered_and_the_pool_keeps_working(tiny_bundle: Pa
         assert all(o.verdict is not None for o in outcomes), [o.dead_letter for o in outcomes]
     finally:
         pool.shutdown(wait=False)
+
+
+def test_a_later_phase_has_its_own_limit_and_answers_with_its_fallback() -> None:
+    """``restart_limit``: the first phase's limit ends with it; an overrun second phase answers the fallback as a result."""
+    release = threading.Event()
+    pool = DecodePool(1)
+
+    def two_phases() -> str:
+        time.sleep(0.1)  # the first phase ends well within its 0.6 s
+        restart_limit(1.5, lambda: "fallback")
+        release.wait(30)  # past the first limit, within the second until it too runs out
+        return "finished"
+
+    try:
+        t0 = time.monotonic()
+        fut = pool.submit_limited(0.6, lambda: TimeoutError("first phase"), two_phases)
+        assert fut.result(timeout=10) == "fallback" and pool.timeouts == 1
+        assert time.monotonic() - t0 >= 1.5, "the second phase's limit, not the first's, ended the task"
+        # Without a restart the same work is one phase and fails with the first answer.
+        fut = pool.submit_limited(0.2, lambda: TimeoutError("first phase"), release.wait, 30)
+        try:
+            fut.result(timeout=10)
+            raise AssertionError("no timeout")
+        except TimeoutError as exc:
+            assert str(exc) == "first phase"
+    finally:
+        release.set()
+        pool.shutdown(wait=False)
+
+
+def test_restarting_after_the_first_phase_overran_reports_it_and_outside_a_pool_does_nothing() -> None:
+    pool = DecodePool(1)
+    answers: list[bool] = []
+    done = threading.Event()
+
+    def late() -> None:
+        time.sleep(1.0)  # ten times its limit: the watchdog has answered long before
+        answers.append(restart_limit(5.0, lambda: "never"))
+        done.set()
+
+    try:
+        fut = pool.submit_limited(0.1, lambda: TimeoutError("first"), late)
+        assert isinstance(fut.exception(timeout=10), TimeoutError)
+        assert done.wait(10) and answers == [False]
+    finally:
+        pool.shutdown(wait=False)
+    assert restart_limit(0.01, lambda: "x") is True  # not in a pool's thread: no limit, nothing to restart

@@ -27,6 +27,8 @@ from export.photos import load_rgb, photo_paths
 from schemas import Label, UploadEvent, VerdictEvent
 from schemas.provenance import DecidedBy, ProvenancePolicy, SignalKind, SignalStatus, Strength
 from worker.config import WorkerConfig
+from worker.ingest.decode_pool import DecodePool
+from worker.ingest.provenance import read_provenance
 from worker.ingest.wire import InputRecord
 from worker.model.bundle import LoadedBundle
 from worker.model.rollout import Models
@@ -87,7 +89,7 @@ def anchors(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def _processor(bundle: LoadedBundle, pool: ThreadPoolExecutor, policy: ProvenancePolicy, anchors: Path | None, **cfg: object) -> BatchProcessor:
+def _processor(bundle: LoadedBundle, pool: ThreadPoolExecutor | DecodePool, policy: ProvenancePolicy, anchors: Path | None, **cfg: object) -> BatchProcessor:
     config = WorkerConfig(bundle=bundle.path, redis_url="", provenance_policy=policy, provenance_trust_anchors=anchors, **cfg)  # type: ignore[arg-type]
     return BatchProcessor(PipelineSettings.from_config(config), Models(bundle), None, pool)
 
@@ -168,6 +170,59 @@ def test_a_reader_failure_is_an_unreadable_signal_never_a_dead_letter(
     assert {s.status for s in v.provenance.signals} == {SignalStatus.unreadable} and len(v.provenance.signals) == 4
     assert v.label is Label.real and v.decided_by is DecidedBy.model
     assert all(s.detail == "provenance stage failed: MemoryError" for s in v.provenance.signals)
+
+
+def test_a_slow_provenance_read_times_out_on_its_own_budget_never_a_dead_letter(
+    bundles: dict[str, LoadedBundle], anchors: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The C2PA SDK cannot be interrupted: a read stuck on one file must cost its signals, not its verdict.
+
+    The decode limit is generous and the provenance one short: were provenance still inside the
+    decode's limit, the stuck read would make this image a ``decode_timeout`` dead letter.
+    """
+    stuck = FILES["c2pa-trusted-ai"]
+    release = threading.Event()
+
+    def slow(data: bytes, *args: object, **kw: object) -> object:
+        if data == stuck:
+            release.wait(30)
+        return read_provenance(data, *args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(images, "read_provenance", slow)
+    pool = DecodePool(1)  # one thread: the image after the stuck one needs the replacement thread
+    try:
+        proc = _processor(bundles["says_real"], pool, ProvenancePolicy.decide, anchors, decode_timeout_s=5.0, provenance_timeout_s=1.0)
+        got = _verdicts(proc, {"stuck": stuck, "a1111": FILES["a1111"]})
+        v = got["stuck"]
+        assert v.label is Label.real and v.decided_by is DecidedBy.model and v.model_label is Label.real
+        assert [s.status for s in v.provenance.signals] == [SignalStatus.unreadable] * 4
+        assert {s.detail for s in v.provenance.signals} == {"timed out after 1s"}
+        assert got["a1111"].provenance.signal(SignalKind.generator).status is SignalStatus.found  # type: ignore[union-attr]
+        assert pool.timeouts == 1 and pool.abandoned == 1
+        assert proc.metrics.provenance_signals.value("c2pa", "unreadable") == 1
+    finally:
+        release.set()
+        pool.shutdown(wait=False)
+
+
+def test_a_slow_decode_is_still_a_decode_timeout_with_provenance_on(bundles: dict[str, LoadedBundle], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The decode keeps its own limit: provenance's budget starts only once the image is decoded."""
+    release = threading.Event()
+    real_decode = images.decode_image
+
+    def slow_decode(*args: object, **kw: object) -> object:
+        release.wait(30)
+        return real_decode(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(images, "decode_image", slow_decode)
+    pool = DecodePool(1)
+    try:
+        proc = _processor(bundles["says_real"], pool, ProvenancePolicy.decide, None, decode_timeout_s=0.3, provenance_timeout_s=10.0)
+        (outcome,) = proc.process([InputRecord("t", 0, 0, None, b"k", FILES["plain"])])
+        assert outcome.dead_letter is not None and outcome.dead_letter.error_code.value == "decode_timeout"
+    finally:
+        release.set()
+        pool.shutdown(wait=False)
 
 
 def test_a_bad_trust_list_stops_the_worker_with_its_reason(bundles: dict[str, LoadedBundle], tmp_path: Path) -> None:

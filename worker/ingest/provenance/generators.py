@@ -52,6 +52,8 @@ class Rule(BaseModel):
     model_from: ModelFrom | None = None
     prefix: dict[str, str] = Field(default_factory=dict)
     loaders: dict[str, str | int] = Field(default_factory=dict)
+    #: What text that is not JSON means to a JSON-reading rule: a broken generator record (unreadable) or another program's prose (ignore).
+    non_json: Literal["unreadable", "ignore"] = "unreadable"
 
     @field_validator("fields")
     @classmethod
@@ -67,6 +69,8 @@ class Rule(BaseModel):
             raise ValueError(f"rule {self.id}: prefix names fields the rule does not read")
         if self.parser == "text" and not self.match:
             raise ValueError(f"rule {self.id}: a text rule needs a match regex")
+        if self.non_json != "unreadable" and self.parser not in ("json", "comfyui_prompt", "comfyui_workflow"):
+            raise ValueError(f"rule {self.id}: non_json applies to JSON-reading parsers only")
         return self
 
 
@@ -172,12 +176,17 @@ def _match(c: _Compiled, name: str, text: str, fields: dict[str, TextField]) -> 
         if c.match is None or not c.match.search(text[:256]):
             return False, None
         return True, _model_from(c, fields)
-    doc = _load_json(text)
+    try:
+        doc = _load_json(text)
+    except _Unreadable:
+        if r.non_json == "ignore":
+            return False, None
+        raise
     if r.parser == "json":
         if not isinstance(doc, dict) or not all(_json_path(doc, p) is not None for p in (r.require if isinstance(r.require, list) else [])):
             return False, None
         paths = r.model if isinstance(r.model, list) else [r.model] if r.model else []
-        return True, next((m for m in (_clean(_json_path(doc, p)) for p in paths) if m), None)
+        return True, next((m for m in (_clean(_json_path(doc, p)) for p in paths) if m), None) or _model_from(c, fields)
     if r.parser == "comfyui_prompt":
         nodes = [n for n in doc.values() if isinstance(n, dict)] if isinstance(doc, dict) else []
         if not nodes or not all("class_type" in n for n in nodes):

@@ -26,6 +26,7 @@ CASES: dict[str, tuple[bytes, str, str | None]] = {
     "invokeai": (pi.png_with_text({"invokeai_metadata": pi.invokeai_metadata()}), "InvokeAI", "stable-diffusion-v1-5"),
     "invokeai-legacy": (pi.png_with_text({"sd-metadata": pi.invokeai_legacy_metadata()}), "InvokeAI", "stable-diffusion-1.5"),
     "novelai": (pi.png_with_text(pi.novelai_chunks()), "NovelAI", "NovelAI Diffusion V4 4F49EC75"),
+    "novelai-comment": (pi.png_with_text(pi.novelai_chunks(software=False)), "NovelAI", "NovelAI Diffusion V4 4F49EC75"),
     "midjourney": (pi.with_exif("JPEG", software="Midjourney v6"), "Midjourney", None),
     "dall-e": (pi.with_exif("PNG", software="DALL-E 3"), "DALL-E", None),
     "firefly": (pi.with_exif("JPEG", software="Adobe Firefly"), "Adobe Firefly", None),
@@ -34,6 +35,20 @@ CASES: dict[str, tuple[bytes, str, str | None]] = {
     "invokeai-software": (pi.with_exif("JPEG", software="InvokeAI 5.1"), "InvokeAI", None),
     "draw-things": (pi.with_exif("JPEG", software="Draw Things"), "Draw Things", None),
     "diffusionbee": (pi.with_exif("PNG", software="DiffusionBee"), "DiffusionBee", None),
+}
+
+
+#: text rule id -> a name that generator writes as EXIF Software, also matched in EXIF UserComment
+NAMES: dict[str, str] = {
+    "novelai": "NovelAI",
+    "midjourney": "Midjourney v6",
+    "dall-e": "DALL-E 3",
+    "firefly": "Adobe Firefly Image 3",
+    "stable-diffusion-software": "Stable Diffusion 3.5",
+    "comfyui-software": "ComfyUI",
+    "invokeai-software": "InvokeAI 5.1",
+    "draw-things": "Draw Things",
+    "diffusionbee": "DiffusionBee",
 }
 
 
@@ -70,6 +85,29 @@ def test_a1111_parameters_in_exif_user_comment(fmt: str) -> None:
     assert (sig.rule, sig.model, sig.fields) == ("a1111", "realisticVision", ["exif:UserComment"])
 
 
+def test_every_text_rule_reads_exif_user_comment() -> None:
+    assert set(NAMES) == {r.id for r in TABLE.rules if r.parser == "text" and "exif:UserComment" in r.fields}
+    assert {r.id for r in TABLE.rules if r.parser == "text"} - set(NAMES) == {"fooocus"}  # Fooocus is named by its own chunk
+
+
+@pytest.mark.parametrize("rule", sorted(NAMES))
+@pytest.mark.parametrize("fmt", ["JPEG", "WEBP"])
+def test_known_generator_names_in_exif_user_comment(rule: str, fmt: str) -> None:
+    """A generator name beginning UserComment names the generator (the rest of the comment, often the prompt, is never read out)."""
+    sig = generator_of(pi.with_exif(fmt, user_comment=f"{NAMES[rule]}\n{pi.PROMPT}"))
+    assert (sig.status, sig.rule, sig.fields) == (SignalStatus.found, rule, ["exif:UserComment"])
+    assert pi.PROMPT_MARKER not in sig.model_dump_json()
+
+
+def test_novelai_comment_alone_names_novelai_and_both_fields_are_listed() -> None:
+    sig = generator_of(pi.png_with_text(pi.novelai_chunks(source=None, software=False)))
+    assert (sig.rule, sig.generator, sig.model, sig.fields) == ("novelai-comment", "NovelAI", None, ["png:Comment"])
+    sig = generator_of(pi.png_with_text(pi.novelai_chunks()))
+    assert sig.rule == "novelai" and sig.fields == ["png:Software", "png:Comment"]
+    dumped = sig.model_dump_json()
+    assert pi.PROMPT_MARKER not in dumped and pi.NEGATIVE not in dumped
+
+
 def test_comfyui_webp_exif_layout() -> None:
     """ComfyUI's WebP/animated saves put the graph in EXIF Model ("prompt:{...}") and Make ("workflow:{...}")."""
     data = pi.with_exif("WEBP", model="prompt:" + pi.comfyui_prompt("flux1-schnell.safetensors"), make="workflow:" + pi.comfyui_workflow())
@@ -103,8 +141,11 @@ def test_quoted_values_and_prompt_lines_in_a1111_settings() -> None:
         pi.png_with_text({"Software": "Adobe Photoshop 25.0"}),
         pi.with_exif("JPEG", software="GIMP 2.10", make="Canon", model="EOS R5"),
         pi.encode(pi.photo(), "PNG"),
+        pi.png_with_text({"Comment": "Created with GIMP"}),
+        pi.png_with_text({"Comment": json.dumps({"steps": 28, "sampler": "euler"})}),
+        pi.with_exif("JPEG", user_comment="Holiday in Lisbon, shot on film"),
     ],
-    ids=["caption", "json-not-graph", "workflow-not-list", "photoshop", "camera", "bare"],
+    ids=["caption", "json-not-graph", "workflow-not-list", "photoshop", "camera", "bare", "prose-comment", "json-comment", "user-comment"],
 )
 def test_ordinary_metadata_names_no_generator(data: bytes) -> None:
     sig = generator_of(data)
