@@ -89,6 +89,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-waits", type=_ints, default=None, help="--max-wait-ms values benchmark 6 compares (default 5,50).")
     p.add_argument("--latency-loads", type=_fractions, default=None, help="Offered loads benchmark 6 measures, as fractions of capacity (default 0.5,0.9).")
     p.add_argument(
+        "--no-latency-isolate",
+        dest="latency_isolate",
+        action="store_false",
+        help="Skip benchmark 6's second pass with the worker alone on one core (broker, Redis and load generator pinned to the others).",
+    )
+    p.add_argument(
         "--worker-log-level", default="warning", help="Log level of the workers the benchmarks start (default warning; benchmark 5 also runs one at info)."
     )
     p.add_argument(
@@ -122,6 +128,7 @@ def options_from(args: argparse.Namespace) -> Options:
         opts.latency_waits_ms = args.latency_waits
     if args.latency_loads:
         opts.latency_loads = args.latency_loads
+    opts.latency_isolate = args.latency_isolate
     opts.worker_log_level = args.worker_log_level
     for item in args.worker_env:
         name, sep, value = item.partition("=")

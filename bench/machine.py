@@ -116,3 +116,28 @@ def one_line(m: dict[str, Any]) -> str:
     """'AMD EPYC, 2 cores, 23.4 GiB RAM, no GPU' — the form the README quotes."""
     gpu = ", ".join(m.get("gpus") or []) or "no GPU"
     return f"{m.get('cpu')} ({', '.join(m.get('cpu_flags') or [])}), {m.get('physical_cores')} cores, {m.get('ram_gib')} GiB RAM, {gpu}"
+
+
+def pin_process(pid: int, cpus: set[int]) -> int:
+    """Pin every thread of process ``pid`` to ``cpus``; returns how many threads were pinned.
+
+    Linux affinity is per thread (``sched_setaffinity(pid)`` moves only the main
+    thread), and a new thread inherits its creator's: pinning each task under
+    ``/proc/PID/task`` moves the threads there now and every one made after.
+    """
+    pinned = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        try:
+            os.sched_setaffinity(int(tid), cpus)
+            pinned += 1
+        except OSError:  # the thread ended meanwhile
+            pass
+    return pinned
+
+
+def usable_cpus() -> set[int]:
+    return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))

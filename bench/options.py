@@ -29,6 +29,8 @@ class Options:
     latency_seconds: float = 30.0
     latency_waits_ms: list[int] = field(default_factory=lambda: [5, 50])
     latency_loads: list[float] = field(default_factory=lambda: [0.5, 0.9])
+    #: Also measure with the worker alone on one core and the broker, Redis and load generator on the others.
+    latency_isolate: bool = True
     decode_threads: list[int] = field(default_factory=lambda: [1, 2, 4])
     decode_images: int = 12
     #: variants of each colour photo the watermark false-positive count reads (benchmark provenance; grey photos get a tenth)

@@ -198,6 +198,7 @@ def _latency(d: dict[str, Any]) -> str:
     rows = [
         (
             r["arch"],
+            r.get("cores", "–"),
             r["max_wait_ms"],
             f"{r['load']:.0%}" if r.get("load") is not None else "–",
             f(r["offered_per_s"]),
@@ -217,7 +218,14 @@ def _latency(d: dict[str, Any]) -> str:
         + ", ".join(f"{k} {f(v)} images/s (on a backlog burst: {f(backlog.get(k))})" for k, v in cap.items())
         + "."
     )
-    cols = ["bundle", "--max-wait-ms", "load", "offered/s", "achieved/s", "p50 ms", "p90 ms", "p99 ms", "to pick-up p50 ms", "in pipeline p50 ms", "n"]
+    alone = d["config"].get("capacity_images_per_s_worker_alone") or {}
+    if alone:
+        head += (
+            " With the worker alone on one core and the broker, Redis and load generator on the other: "
+            + ", ".join(f"{k} {f(v)} images/s" for k, v in alone.items())
+            + " (its loads are fractions of that)."
+        )
+    cols = ["bundle", "cores", "--max-wait-ms", "load", "offered/s", "achieved/s", "p50 ms", "p90 ms", "p99 ms", "to pick-up p50 ms", "in pipeline p50 ms", "n"]
     foot = (
         "To pick-up: from the producer's send to the start of the worker's prepare stage (broker, fetch, poll, micro-batch wait); "
         "in pipeline: from there to the verdict's produce call. The bare-consumer rows have no worker: their p50..p99 are how old a record "

@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.artifacts import CACHE, ensure_bundle, ensure_variant, jpeg_near_size, photo_jpegs, with_comment
+from bench.machine import pin_process, usable_cpus
 from bench.options import Options
 from bench.profiling import Profiler, available_py_spy, library_share, summarize_profile
 from bench.results import BenchResult
@@ -596,6 +597,86 @@ def _breakdown_text(row: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+def _latency_pass(
+    r: BenchResult,
+    opts: Options,
+    servers: DevServers,
+    arch: str,
+    bundle: Path,
+    pool: list[bytes],
+    backlog: float,
+    waits: list[int],
+    targets: bool = False,
+    isolate: tuple[set[int], set[int]] | None = None,
+) -> None:
+    """Capacity under a live producer, then each offered load, for each --max-wait-ms; rows into ``r``.
+
+    ``isolate=(worker_cpus, other_cpus)``: the worker's threads on the first set, the
+    broker's, Redis's and this process's (load generator, verdict reader) on the
+    second, so the worker has cores of its own as it would beside a remote broker.
+    """
+    boot = servers.bootstrap_servers
+    cores = "shared"
+    if isolate is not None:
+        mine, others = isolate
+        for p in servers.processes:
+            if p.proc is not None:
+                pin_process(p.proc.pid, others)
+        pin_process(os.getpid(), others)
+        cores = f"worker alone on CPU {','.join(map(str, sorted(mine)))}; broker, Redis, generator on {','.join(map(str, sorted(others)))}"
+    try:
+        capacity = None
+        for wait in waits:
+            t = Topics.fresh(boot, 2)
+            log = Path(tempfile.mkdtemp(prefix="aigis-bench-lat-")) / f"lat-{arch}-{wait}.log"
+            port = free_port()
+            worker = start_worker(_env(r, opts, servers, t, bundle, max_wait_ms=wait, metrics_port=port), log)
+            if isolate is not None:
+                pin_process(worker.pid, isolate[0])  # before it starts any thread; its threads inherit the mask
+            reader = OutputReader(boot, t)
+            try:
+                warm = [f"warm-{i}" for i in range(4)]
+                publish(boot, t.uploads, [(k.encode(), with_comment(pool[i], k)) for i, k in enumerate(warm)])
+                reader.require(set(warm), 180, worker, log)
+                if isolate is not None and pin_process(worker.pid, isolate[0]) < 2:
+                    raise RuntimeError("could not pin the worker's threads")
+                if capacity is None:
+                    print(f"  {arch} ({cores}): capacity under a live producer (offered {1.5 * backlog:.1f}/s) ...", flush=True)
+                    _, got = _latency_point(boot, reader, worker, log, t.uploads, pool, f"sat-{len(r.rows)}", 1.5 * backlog, opts.latency_seconds)
+                    capacity = got["rate"]
+                    if not capacity > 0:
+                        raise RuntimeError(f"could not measure {arch}'s capacity (rate {capacity}); give it more images or seconds")
+                    key = "capacity_images_per_s" if isolate is None else "capacity_images_per_s_worker_alone"
+                    r.config.setdefault(key, {})[arch] = capacity
+                    r.config.setdefault("capacity_measured_with_max_wait_ms", wait)
+                    print(f"  {arch}: backlog {backlog:.1f}/s, capacity with live producer {capacity:.1f}/s", flush=True)
+                for load in opts.latency_loads:
+                    rate = load * capacity
+                    print(f"  {arch}: max-wait {wait} ms, offered {rate:.1f}/s ({load:.0%}) for {opts.latency_seconds:.0f} s ...", flush=True)
+                    tag = f"w{wait}-l{int(load * 100)}" + ("-alone" if isolate is not None else "")
+                    stats, got = _latency_point(boot, reader, worker, log, t.uploads, pool, tag, rate, opts.latency_seconds, metrics_port=port)
+                    r.add(arch=arch, cores=cores, max_wait_ms=wait, load=load, offered_per_s=rate, achieved_per_s=got["full_rate"], **stats)
+                    if load == 0.5 and targets and wait == WorkerConfig().max_wait_ms:
+                        where = "" if isolate is None else ", worker on its own core"
+                        r.target(f"p50 at 50% load ({arch}, defaults{where})", "<= 25 ms", stats["p50_ms"], 25.0, " ms", lower_is_better=True)
+                        r.target(f"p99 at 50% load ({arch}, defaults{where})", "<= 100 ms", stats["p99_ms"], 100.0, " ms", lower_is_better=True)
+                    print(
+                        f"    p50 {stats['p50_ms']:.1f} ms  p99 {stats['p99_ms']:.1f} ms  (n={int(stats['n'])}, achieved {got['full_rate']:.1f}/s)",
+                        flush=True,
+                    )
+                    print("    breakdown: " + _breakdown_text(stats), flush=True)
+            finally:
+                stop(worker, timeout=STOP_S)
+                reader.close()
+    finally:
+        if isolate is not None:
+            everything = isolate[0] | isolate[1]
+            for p in servers.processes:
+                if p.proc is not None:
+                    pin_process(p.proc.pid, everything)
+            pin_process(os.getpid(), everything)
+
+
 def run_latency(opts: Options) -> BenchResult:
     r = BenchResult("latency", "Latency: produce -> verdict at 50 % and 90 % of capacity, two --max-wait-ms", opts.quick)
     r.config.update(archs=opts.stream_archs, waits_ms=opts.latency_waits_ms, loads=opts.latency_loads, seconds_per_point=opts.latency_seconds, cache="off")
@@ -625,6 +706,7 @@ def run_latency(opts: Options) -> BenchResult:
                     floor = broker_floor(boot, fmw, 20.0, min(opts.latency_seconds, 10.0), pool)
                     r.add(
                         arch="(bare kafka-python consumer, no work)",
+                        cores="shared (nothing else running)",
                         max_wait_ms=f"fetch_max_wait_ms={fmw}",
                         load=None,
                         offered_per_s=20.0,
@@ -632,42 +714,11 @@ def run_latency(opts: Options) -> BenchResult:
                         **floor,
                     )
                     print(f"  broker floor, fetch_max_wait_ms={fmw}: p50 {floor['p50_ms']:.1f} ms, p99 {floor['p99_ms']:.1f} ms", flush=True)
-            capacity = None
-            for wait in opts.latency_waits_ms:
-                t = Topics.fresh(boot, 2)
-                log = Path(tmp) / f"lat-{arch}-{wait}.log"
-                port = free_port()
-                worker = start_worker(_env(r, opts, servers, t, bundle, max_wait_ms=wait, metrics_port=port), log)
-                reader = OutputReader(boot, t)
-                try:
-                    warm = [f"warm-{i}" for i in range(4)]
-                    publish(boot, t.uploads, [(k.encode(), with_comment(pool[i], k)) for i, k in enumerate(warm)])
-                    reader.require(set(warm), 180, worker, log)
-                    if capacity is None:
-                        print(f"  {arch}: capacity under a live producer (offered {1.5 * backlog:.1f}/s) ...", flush=True)
-                        _, got = _latency_point(boot, reader, worker, log, t.uploads, pool, "sat", 1.5 * backlog, opts.latency_seconds)
-                        capacity = got["rate"]
-                        if not capacity > 0:
-                            raise RuntimeError(f"could not measure {arch}'s capacity (rate {capacity}); give it more images or seconds")
-                        r.config.setdefault("capacity_images_per_s", {})[arch] = capacity
-                        r.config.setdefault("capacity_measured_with_max_wait_ms", wait)
-                        print(f"  {arch}: backlog {backlog:.1f}/s, capacity with live producer {capacity:.1f}/s", flush=True)
-                    for load in opts.latency_loads:
-                        rate = load * capacity
-                        print(f"  {arch}: max-wait {wait} ms, offered {rate:.1f}/s ({load:.0%}) for {opts.latency_seconds:.0f} s ...", flush=True)
-                        stats, got = _latency_point(
-                            boot, reader, worker, log, t.uploads, pool, f"w{wait}-l{int(load * 100)}", rate, opts.latency_seconds, metrics_port=port
-                        )
-                        r.add(arch=arch, max_wait_ms=wait, load=load, offered_per_s=rate, achieved_per_s=got["full_rate"], **stats)
-                        if load == 0.5 and arch == opts.stream_archs[0] and wait == WorkerConfig().max_wait_ms:
-                            r.target(f"p50 at 50% load ({arch}, defaults)", "<= 25 ms", stats["p50_ms"], 25.0, " ms", lower_is_better=True)
-                            r.target(f"p99 at 50% load ({arch}, defaults)", "<= 100 ms", stats["p99_ms"], 100.0, " ms", lower_is_better=True)
-                        print(
-                            f"    p50 {stats['p50_ms']:.1f} ms  p99 {stats['p99_ms']:.1f} ms  (n={int(stats['n'])}, achieved {got['full_rate']:.1f}/s)",
-                            flush=True,
-                        )
-                        print("    breakdown: " + _breakdown_text(stats), flush=True)
-                finally:
-                    stop(worker, timeout=STOP_S)
-                    reader.close()
+            defaults_wait = WorkerConfig().max_wait_ms
+            _latency_pass(r, opts, servers, arch, bundle, pool, backlog, opts.latency_waits_ms, targets=arch == opts.stream_archs[0])
+            cpus = usable_cpus()
+            if opts.latency_isolate and arch == opts.stream_archs[0] and len(cpus) >= 2:
+                alone = {max(cpus)}
+                _latency_pass(r, opts, servers, arch, bundle, pool, backlog, [defaults_wait], isolate=(alone, cpus - alone))
+
     return r.finish()

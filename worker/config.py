@@ -139,7 +139,8 @@ class WorkerConfig(BaseModel):
     max_batch: int = _f(32, "Most images per inference batch.", "runtime", ge=1)
     max_wait_ms: int = _f(
         5,
-        "Longest a batch waits to fill once it has its first image; under load batches fill without waiting (README: Latency).",
+        "Longest a batch waits to fill once it has its first image, and only while the decode stage is busy: "
+        "a batch whose next stage is idle leaves at once, under load batches fill without waiting (README: Latency).",
         "runtime",
         ge=0,
     )

@@ -1,11 +1,15 @@
 """Dynamic micro-batching, decoupled from Kafka polling (as Triton's dynamic batcher).
 
 The poll thread drops records into an inbox queue as they arrive; the batcher
-takes the first record as soon as there is one, then keeps taking until it has
-``max_batch`` records or ``max_wait_ms`` have passed since that first record.
-Under load batches fill at once (throughput); under light load a record waits
-at most ``max_wait_ms`` for company (latency). How records were grouped by the
-consumer's fetches does not matter.
+takes the first record as soon as there is one, then takes whatever else is
+already queued, up to ``max_batch``. If that leaves the batch short, it waits
+for company only while the next stage is busy (``downstream_idle`` false), and
+at most ``max_wait_ms`` since the first record: a record that would only wait
+for an idle stage leaves at once. Under load batches fill at once
+(throughput); while the next stage works on the previous batch, records
+gather into the next (that wait costs nothing, the stage could not take them
+sooner); under light load a record goes straight through (latency). How
+records were grouped by the consumer's fetches does not matter.
 """
 
 from __future__ import annotations
@@ -19,11 +23,22 @@ T = TypeVar("T")
 
 
 class MicroBatcher(Generic[T]):
-    def __init__(self, inbox: queue.Queue[T], max_batch: int, max_wait_ms: int, stopping: Callable[[], bool]) -> None:
+    #: While a short batch waits, how often the batcher looks whether the next stage became idle.
+    IDLE_CHECK_S = 0.001
+
+    def __init__(
+        self,
+        inbox: queue.Queue[T],
+        max_batch: int,
+        max_wait_ms: int,
+        stopping: Callable[[], bool],
+        downstream_idle: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.inbox = inbox
         self.max_batch = max_batch
         self.max_wait_s = max_wait_ms / 1000
         self.stopping = stopping
+        self.downstream_idle = downstream_idle
         #: Seconds the last batch waited for company after its first record (the latency batching costs).
         self.last_wait_s = 0.0
 
@@ -49,11 +64,11 @@ class MicroBatcher(Generic[T]):
             except queue.Empty:
                 pass
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self.downstream_idle():
                 break
             try:
-                batch.append(self.inbox.get(timeout=remaining))
+                batch.append(self.inbox.get(timeout=min(remaining, self.IDLE_CHECK_S)))
             except queue.Empty:
-                break
+                continue
         self.last_wait_s = time.monotonic() - started
         return batch

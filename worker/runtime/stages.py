@@ -6,7 +6,8 @@
               BatchProcessor   BatchProcessor   BatchProcessor  Deliverer
               .receive         .prepare         .finish         .deliver
 
-* **receive** forms micro-batches (``max_batch`` / ``max_wait_ms``), drops
+* **receive** forms micro-batches (``max_batch``; a short batch waits up to
+  ``max_wait_ms`` for company only while prepare is busy), drops
   records whose partition was revoked meanwhile, parses them and fetches the
   URIs (on the fetcher's own threads, one deadline per batch): with its own
   thread, batch N+1's fetches wait on the store while batch N decodes;
@@ -68,7 +69,8 @@ class Stages:
         self.lifecycle = lifecycle
         self.liveness = liveness
         self.metrics = metrics
-        self.batcher = MicroBatcher(inbox, max_batch, max_wait_ms, lifecycle.stop.is_set)
+        self._busy: set[str] = set()
+        self.batcher = MicroBatcher(inbox, max_batch, max_wait_ms, lifecycle.stop.is_set, downstream_idle=self._prepare_idle)
         self._to_prepare: queue.Queue[tuple[list[Work], PreparedBatch] | None] = queue.Queue(maxsize=1)
         self._to_infer: queue.Queue[tuple[list[Work], PreparedBatch] | None] = queue.Queue(maxsize=1)
         self._to_deliver: queue.Queue[tuple[list[Work], list[Outcome]] | None] = queue.Queue(maxsize=1)
@@ -84,6 +86,10 @@ class Stages:
 
     def __exit__(self, *exc: object | TracebackType | None) -> None:
         self.lifecycle.stop.set()  # the threads are daemons; a drain already waited for them if it could
+
+    def _prepare_idle(self) -> bool:
+        """Prepare would start a batch handed over now (nothing queued for it, nothing in its hands)."""
+        return self._to_prepare.empty() and "prepare" not in self._busy
 
     def alive(self) -> bool:
         return any(t.is_alive() for t in self._threads)
@@ -128,7 +134,11 @@ class Stages:
                 if self.lifecycle.abort.is_set():
                     continue
                 self.liveness.busy(name)
-                result = call(batch)
+                self._busy.add(name)
+                try:
+                    result = call(batch)
+                finally:
+                    self._busy.discard(name)
                 self.liveness.idle(name)
                 sink.put((works, result))
         finally:
