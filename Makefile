@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check worker export schemas tests devkit bench
 	$(BIN)/ruff format --check worker export schemas tests devkit bench
-	$(BIN)/python -m mypy worker schemas devkit
+	$(BIN)/python -m mypy worker schemas devkit bench export
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas

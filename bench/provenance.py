@@ -32,6 +32,7 @@ show the statistic's own spread.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import statistics
@@ -103,8 +104,8 @@ def cost(reps: int) -> list[dict[str, object]]:
     for name, data in cases.items():
         for draft in [224, None] if "JPEG" in name else [None]:
             decoded = decode_image(data, DECODE, draft)
-            decode_ms = _median_ms(lambda data=data, draft=draft: decode_image(data, DECODE, draft), reps)
-            prov_ms = _median_ms(lambda data=data, decoded=decoded: read_provenance(data, PROV, trust, image=decoded.image), reps)
+            decode_ms = _median_ms(functools.partial(decode_image, data, DECODE, draft), reps)
+            prov_ms = _median_ms(functools.partial(read_provenance, data, PROV, trust, image=decoded.image), reps)
             reading = read_provenance(data, PROV, trust, image=decoded.image)
             rows.append(
                 {
