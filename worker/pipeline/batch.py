@@ -178,6 +178,7 @@ class BatchProcessor:
 
     # -- second half: inference, shadow, cache write, outcomes --------------------------
     def finish(self, pb: PreparedBatch) -> list[Outcome]:
+        """Inference, shadow and cache write for the images :meth:`prepare` left ready; one outcome per record, in input order."""
         if pb.ready:
             fresh = self._infer(pb)
             if pb.models.shadow is not None:
