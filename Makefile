@@ -11,7 +11,7 @@ STAMP  := $(VENV)/.installed-lock
 help:
 	@echo "make demo   - start a throwaway broker + Redis, build a demo bundle, stream images through one worker"
 	@echo "make test   - the whole test suite (real broker and redis-server, started by the fixtures)"
-	@echo "make test-fast - the unit tests only (tests/unit, under a minute, no broker)"
+	@echo "make test-fast - the unit tests only (tests/unit, no broker or Redis; 1.5 min on a shared 2-core box, see README)"
 	@echo "make lint   - ruff (lint + format check) and mypy"
 	@echo "make schemas - regenerate the JSON Schema files in schemas/"
 	@echo "make lock   - recompile requirements/*.txt from pyproject.toml (keeps pins that still fit; make lock-upgrade takes the newest)"
@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check worker export schemas tests devkit bench
 	$(BIN)/ruff format --check worker export schemas tests devkit bench
-	$(BIN)/python -m mypy worker schemas devkit
+	$(BIN)/python -m mypy worker schemas devkit bench export
 
 schemas: $(STAMP)
 	$(BIN)/python -m schemas

@@ -34,6 +34,7 @@ show the statistic's own spread.
 from __future__ import annotations
 
 import argparse
+import functools
 import io
 import json
 import statistics
@@ -116,8 +117,8 @@ def cost(reps: int, big_size: tuple[int, int] = BIG) -> list[dict[str, object]]:
     for name, data in cases.items():
         for draft in [224, None] if "JPEG" in name else [None]:
             decoded = decode_image(data, DECODE, draft)
-            decode_ms = _median_ms(lambda data=data, draft=draft: decode_image(data, DECODE, draft), reps)
-            prov_ms = _median_ms(lambda data=data, decoded=decoded: read_provenance(data, PROV, trust, image=decoded.image), reps)
+            decode_ms = _median_ms(functools.partial(decode_image, data, DECODE, draft), reps)
+            prov_ms = _median_ms(functools.partial(read_provenance, data, PROV, trust, image=decoded.image), reps)
             reading = read_provenance(data, PROV, trust, image=decoded.image)
             rows.append(
                 {
@@ -292,7 +293,7 @@ def run_provenance(opts: Options) -> BenchResult:
     r.add(part="false_positives", **fp)
     for row in r.rows:
         if row["part"] == "miss_path":
-            share = float(row["share_of_decode"])
+            share = float(str(row["share_of_decode"]))
             r.target(f"provenance / decode + preprocess, {row['image']} (miss path)", f"<= {TARGET_SHARE:.0%}", 100 * share, 100 * TARGET_SHARE, "%", True)
     r.note(
         "the provenance time is the provenance_ms the pipeline records (--provenance-policy decide with a trust list); "

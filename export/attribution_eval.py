@@ -83,6 +83,7 @@ def attribution_probabilities(bundle_path: Path, items: Sequence[Item], max_batc
     from worker.model.bundle import LoadedBundle
     from worker.pipeline.batch import BatchProcessor
     from worker.pipeline.images import prepare_image
+    from worker.pipeline.items import Prepared
 
     bundle = LoadedBundle(bundle_path)
     att = bundle.manifest.attribution
@@ -93,7 +94,7 @@ def attribution_probabilities(bundle_path: Path, items: Sequence[Item], max_batc
         proc = BatchProcessor.offline(bundle, pool, max_batch)
         models = proc.models.current()
 
-        def prep(item: Item):  # type: ignore[no-untyped-def]
+        def prep(item: Item) -> Prepared | None:
             try:
                 return prepare_image(item.path.read_bytes(), models, proc.settings.decode_limits, False)
             except InputError:
@@ -101,11 +102,14 @@ def attribution_probabilities(bundle_path: Path, items: Sequence[Item], max_batc
 
         for lo in range(0, len(items), max_batch):
             prepared = list(pool.map(prep, items[lo : lo + max_batch]))
-            ok = [i for i, p in enumerate(prepared) if p is not None]
+            decoded = {i: p for i, p in enumerate(prepared) if p is not None}
+            ok = list(decoded)
             if not ok:
                 continue
-            pixels = np.stack([prepared[i].pixels for i in ok])  # type: ignore[union-attr]
-            native = np.stack([prepared[i].native for i in ok]) if bundle.native_crop_size else None  # type: ignore[union-attr,misc]
+            pixels = np.stack([p.pixels for p in decoded.values()])
+            natives = [p.native for p in decoded.values() if p.native is not None]  # every image has one when the bundle reads it
+            assert not bundle.native_crop_size or len(natives) == len(ok)
+            native = np.stack(natives) if bundle.native_crop_size else None
             batch = bundle.score(pixels, native)
             for j, i in enumerate(ok):
                 probs[lo + i] = [batch.attribution[c][j] for c in att.classes]
@@ -121,7 +125,8 @@ def evaluate_attribution(
 
     classes, probs = attribution_probabilities(bundle_path, items, max_batch, threads)  # refuses a bundle without the head
     manifest, _ = read_manifest(bundle_path)
-    threshold = manifest.attribution.unknown_threshold  # type: ignore[union-attr]
+    assert manifest.attribution is not None  # attribution_probabilities refused a bundle without the head
+    threshold = manifest.attribution.unknown_threshold
     truth = [true_family(it) for it in items]
     unseen_fams = sorted({t for t in truth if t not in classes})
     rows = [*classes, *unseen_fams]

@@ -434,8 +434,8 @@ def run(args: argparse.Namespace) -> int:
 
     # 4. false alarms, 5. detection delay, with the worker's drift settings (window options overridable)
     overrides = {"drift_window_images": args.drift_window_images, "drift_min_images": args.drift_min_images}
-    cfg = WorkerConfig(**{k: v for k, v in overrides.items() if v is not None})
-    drift = DriftSettings.from_config(cfg)
+    worker_cfg = WorkerConfig(**{k: v for k, v in overrides.items() if v is not None})
+    drift = DriftSettings.from_config(worker_cfg)
     every = np.arange(len(scores["all"].family))
     fa = [
         false_alarms(bundles["all"], scores["all"], every, None, args.orders, args.seed, "all families + real", drift),
@@ -463,7 +463,7 @@ def run(args: argparse.Namespace) -> int:
     att = [evaluate_attribution(bundles["all"], items, out / "attribution", "all")]
     att += [evaluate_attribution(bundles[g], items, out / "attribution", f"without-{g}") for g in unseen]
 
-    settings = {k: getattr(cfg, f"drift_{k}") for k in ("window_images", "window_s", "min_images", "eval_every", "alpha", "psi_min", "rate_min_excess")}
+    settings = {k: getattr(worker_cfg, f"drift_{k}") for k in ("window_images", "window_s", "min_images", "eval_every", "alpha", "psi_min", "rate_min_excess")}
     stage_done("streams")
     elapsed = sum(timings.values())
     command = (

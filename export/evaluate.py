@@ -326,7 +326,7 @@ def plots(results: Sequence[BundleResult], items: Sequence[Item], out: Path, con
 
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ok = ~np.isnan(s)
-        bins = np.linspace(0, 1, 41)
+        bins = np.linspace(0, 1, 41).tolist()
         ax.hist(s[ok & (y == 0)], bins=bins, alpha=0.6, label="real")
         ax.hist(s[ok & (y == 1)], bins=bins, alpha=0.6, label="fake")
         ax.axvline(r.threshold, color="k", ls="--", lw=1, label=f"threshold {r.threshold:.3f}")

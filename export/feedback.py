@@ -77,7 +77,7 @@ def read_topic(bootstrap: str, topic: str, model: type[M], max_image_bytes: int,
 
     from worker.runtime.clients import make_consumer
 
-    consumer = make_consumer(bootstrap, topic, None, max_image_bytes, client_id="aigis-feedback")  # type: ignore[arg-type]
+    consumer = make_consumer(bootstrap, topic, None, max_image_bytes, client_id="aigis-feedback")
     stats = TopicRead()
     out: list[M] = []
     try:
@@ -417,7 +417,7 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", type=Path, default=None, help="Also write the report as JSON to this file.")
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def add_parser(sub: argparse._SubParsersAction) -> None:
     fb = sub.add_parser("feedback", help="moderator decisions: collect a training set, compare primary vs shadow", description=__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     inner = fb.add_subparsers(dest="feedback_command", required=True, metavar="SUBCOMMAND")

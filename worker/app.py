@@ -2,9 +2,10 @@
 
 One upload through the worker, file by file: ``runtime/loop.py`` polls it and
 puts it in the inbox; ``runtime/stages.py`` batches it and calls
-``pipeline/batch.py`` (``prepare``: parse, fetch, hash, cache, decode; then
-``finish``: inference, cache write); ``pipeline/outcomes.py`` turns it into a
-verdict or dead letter that always fits the producer; ``runtime/delivery.py``
+``pipeline/batch.py`` (``receive``: parse, fetch; ``prepare``: hash, cache
+lookup, decode; ``finish``: inference, cache write), whose cache steps are in
+``pipeline/caching.py``; ``pipeline/outcomes.py`` turns it into a verdict or
+dead letter that always fits the producer; ``runtime/delivery.py``
 produces it, waits for the acknowledgement and marks its offset done; the poll
 loop commits the done prefix.
 

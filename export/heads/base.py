@@ -91,8 +91,9 @@ class HeadMethod(ABC):
     inputs: ClassVar[tuple[str, ...]] = ("embedding",)
     #: Outputs after "probability" that the worker exposes as anomaly signals.
     anomaly_outputs: ClassVar[tuple[str, ...]] = ()
-    #: Native crop side for heads that read pixels.
-    crop_size: ClassVar[int | None] = None
+    #: Native crop side for heads that read pixels: a class default that an instance may set from its config (freq)
+    #: or its checkpoint (LoadedHead), so not a ClassVar.
+    crop_size: int | None = None
     #: Whether ``bundle`` fits it on the training split's ``--augment`` copies too (heads that learn weights do).
     fits_augmented: ClassVar[bool] = True
 

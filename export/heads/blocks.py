@@ -22,6 +22,10 @@ class Standardize(nn.Module):
     standardising makes the paper's learning rates mean the same thing on both.
     """
 
+    # Buffers (register_buffer), named for the type checker: nn.Module.__getattr__ is typed Tensor | Module.
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.register_buffer("mean", torch.zeros(dim))

@@ -43,7 +43,7 @@ class LoadedHead(HeadMethod):
         self.paper = cls.paper  # type: ignore[misc]
         self.inputs = tuple(payload["inputs"])  # type: ignore[misc]
         self.anomaly_outputs = tuple(payload["anomaly_outputs"])  # type: ignore[misc]
-        self.crop_size = payload["crop_size"]  # type: ignore[misc]
+        self.crop_size = payload["crop_size"]
         self.config = cls.Config.model_validate(payload["config"])
         self.module = payload["module"].eval()
         self.fit_report = FitReport(**payload["fit"])

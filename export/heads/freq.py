@@ -92,6 +92,12 @@ class LogDCT(nn.Module):
     checkpoints saved with it still load and export as they were trained.
     """
 
+    # Buffers (register_buffer), named for the type checker: nn.Module.__getattr__ is typed Tensor | Module.
+    basis: torch.Tensor
+    gray: torch.Tensor
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(self, size: int, eps: float) -> None:
         super().__init__()
         self.register_buffer("basis", torch.from_numpy(dct_matrix(size)))
@@ -125,6 +131,12 @@ def lowpass_mask(size: int, lowcut: float) -> np.ndarray:
 
 class HighPassDCT(nn.Module):
     """RGB crop in [0,1] (N, 3, S, S) -> scaled log1p(|high-pass DCT-II| / eps) of its grayscale (N, 1, S, S)."""
+
+    # Buffers (register_buffer), named for the type checker: nn.Module.__getattr__ is typed Tensor | Module.
+    basis: torch.Tensor
+    gray: torch.Tensor
+    keep: torch.Tensor
+    scale: torch.Tensor
 
     def __init__(self, size: int, eps: float, lowcut: float) -> None:
         super().__init__()

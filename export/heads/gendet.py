@@ -55,7 +55,7 @@ anomaly score independent of N_c that is worth monitoring for drift.
 from __future__ import annotations
 
 import copy
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
@@ -64,6 +64,8 @@ from torch import nn
 from export.heads.base import EmbeddingSet, FitReport, HeadConfig, HeadMethod
 from export.heads.blocks import Standardize, TransformerBlock, VectorTransformer, balanced_class_weight, minibatches, require_both_classes
 from export.heads.losses import augmenter_loss, discrepancy, margin_fake_loss, student_real_loss
+
+M = TypeVar("M", bound=nn.Module)
 
 
 class GenDetConfig(HeadConfig):
@@ -124,7 +126,7 @@ class GenDetGraph(nn.Module):
         return torch.sigmoid(self.classifier(d)), d.mean(dim=(1, 2))
 
 
-def _frozen(module: nn.Module) -> nn.Module:
+def _frozen(module: M) -> M:
     module.eval()
     for p in module.parameters():
         p.requires_grad_(False)
@@ -142,7 +144,7 @@ def _bce_epochs(
     gen: torch.Generator,
     val: tuple[torch.Tensor, torch.Tensor] | None,
     tag: str,
-    history: list[dict[str, float]],
+    history: list[dict[str, Any]],
 ) -> float:
     """Train ``forward`` (x -> logit) with class-balanced BCE; keep the best validation epoch when given."""
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
@@ -159,7 +161,7 @@ def _bce_epochs(
             opt.step()
             total += loss.item() * len(idx)
         last = total / len(x)
-        row = {"stage": tag, "epoch": epoch, "train_loss": last}
+        row: dict[str, Any] = {"stage": tag, "epoch": epoch, "train_loss": last}
         if val is not None:
             forward.eval()
             with torch.no_grad():

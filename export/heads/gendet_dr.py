@@ -102,7 +102,13 @@ def train_autoencoder(
         ae.eval()
         sums /= len(x)
         recon_mean, anom_mean = float(sums[0]), float(sums[1])
-        row = {"stage": "autoencoder", "epoch": epoch, "train_loss": recon_mean + cfg.anomaly_weight * anom_mean, "recon": recon_mean, "anomaly": anom_mean}
+        row: dict[str, Any] = {
+            "stage": "autoencoder",
+            "epoch": epoch,
+            "train_loss": recon_mean + cfg.anomaly_weight * anom_mean,
+            "recon": recon_mean,
+            "anomaly": anom_mean,
+        }
         with torch.no_grad():
             if val is not None and len(val[0]):
                 v_recon, v_anom = losses(*val)

@@ -63,6 +63,9 @@ class KNNGraph(nn.Module):
     vote: str = "soft"
     external_data: bool | None = None
     export_info: dict[str, Any] = {}  # noqa: RUF012 - read-only default, every instance assigns its own
+    # Buffers (register_buffer), named for the type checker: nn.Module.__getattr__ is typed Tensor | Module.
+    bank_t: torch.Tensor
+    labels: torch.Tensor
 
     def __init__(self, bank: np.ndarray, bank_labels: np.ndarray, k: int, tau: float, vote: str = "nearest", dtype: str = "float32") -> None:
         super().__init__()

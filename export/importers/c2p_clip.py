@@ -38,6 +38,7 @@ import re
 import tempfile
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -179,8 +180,8 @@ class C2PClipImporter(Importer):
         fc = read_linear(ckpt, "--checkpoint", weight_key="model.fc.weight", bias_key="model.fc.bias", state=state)
         weights = Weights(source="checkpoint", file=ckpt.name, sha256=file_sha256(ckpt), openai=False)
         encoder = encoder_from_visual_state(args.arch, open_clip_visual(state, str(ckpt)), weights, quick_gelu=True, source=str(ckpt))
-        size = encoder.visual.image_size
-        size = int(size[0] if isinstance(size, (tuple, list)) else size)
+        image_size: Any = encoder.visual.image_size  # open_clip's attribute (an int or an (h, w) pair), typed Tensor | Module by nn.Module
+        size = int(image_size[0] if isinstance(image_size, (tuple, list)) else image_size)
         import open_clip
 
         preprocess = Preprocess(

@@ -75,9 +75,13 @@ import time
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from schemas import ErrorCode
 from worker.errors import InputError
+
+if TYPE_CHECKING:  # http_client imports this module; at run time fetch() imports it late
+    from worker.ingest.http_client import ConnectionPool, Reaper, Resolver
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 _NEVER_IMAGE_V4 = tuple(
@@ -197,22 +201,23 @@ def resolve(host: str, port: int, deadline: float) -> str:
     if literal:
         addresses = [host]
     else:
-        box: dict[str, object] = {}
+        found: list[str] = []  # filled by the lookup thread; read only once it has ended
+        failed: list[Exception] = []
 
         def lookup() -> None:
             try:
-                box["infos"] = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+                found.extend(str(info[4][0]) for info in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
             except Exception as exc:  # gaierror, UnicodeError for odd names
-                box["error"] = exc
+                failed.append(exc)
 
         resolver = threading.Thread(target=lookup, name="fetch-dns", daemon=True)
         resolver.start()
         resolver.join(max(0.0, deadline - time.monotonic()))
         if resolver.is_alive():
             raise InputError(ErrorCode.fetch_failed, f"resolving {host} timed out")
-        if "error" in box:
+        if failed:
             raise InputError(ErrorCode.fetch_failed, f"cannot resolve {host}")
-        addresses = [info[4][0] for info in box["infos"]]  # type: ignore[attr-defined]
+        addresses = found
     usable = [a for a in addresses if not refused_address(a)]
     if not usable:
         raise InputError(ErrorCode.uri_refused, f"{host} resolves only to addresses that are never image hosts (metadata, link-local, multicast)")
@@ -266,7 +271,7 @@ def uri_scheme(uri: str) -> str:
 
 
 _shared_lock = threading.Lock()
-_shared: tuple[object, object, object] | None = None  # (Reaper, ConnectionPool, Resolver) for fetch()
+_shared: tuple[Reaper, ConnectionPool, Resolver] | None = None  # for fetch(); one deadline thread, pool and resolver per process
 
 
 def fetch(uri: str, policy: FetchPolicy) -> bytes:
@@ -287,7 +292,7 @@ def fetch(uri: str, policy: FetchPolicy) -> bytes:
             if _shared is None:
                 _shared = (Reaper("fetch-shared-deadlines"), ConnectionPool(), Resolver())
             reaper, pool, resolver = _shared
-        client = HttpClient(policy, reaper, pool, resolver)  # type: ignore[arg-type]
+        client = HttpClient(policy, reaper, pool, resolver)
         return client.get(uri, time.monotonic() + policy.timeout_s)
     if scheme == "file":
         return fetch_file(uri, policy)

@@ -44,7 +44,7 @@ import urllib.parse
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import TYPE_CHECKING
 
 import obstore
 from obstore.exceptions import NotFoundError, PermissionDeniedError, UnauthenticatedError
@@ -53,6 +53,9 @@ from obstore.store import S3Store
 from schemas import ErrorCode
 from worker.errors import InputError
 from worker.ingest.fetch import FetchPolicy
+
+if TYPE_CHECKING:  # TypedDicts that exist only in obstore's stubs
+    from obstore.store import ClientConfig, RetryConfig, S3Config
 
 _CHUNK = 256 * 1024
 
@@ -117,15 +120,15 @@ class S3Client:
         store = self._stores.get(bucket)
         if store is None:
             timeout = timedelta(seconds=self.policy.timeout_s)
-            client: dict[str, Any] = {"timeout": timeout, "connect_timeout": timeout}
-            config: dict[str, Any] = {}
+            client: ClientConfig = {"timeout": timeout, "connect_timeout": timeout}
+            config: S3Config = {}
             if self.policy.s3_endpoint:
                 config["endpoint"] = self.policy.s3_endpoint
                 client["allow_http"] = self.policy.s3_endpoint.startswith("http://")
             if self.policy.s3_region:
                 config["region"] = self.policy.s3_region
-            retry = {"max_retries": 1, "retry_timeout": timeout}
-            store = self._stores[bucket] = S3Store(bucket, client_options=client, retry_config=retry, **config)  # type: ignore[arg-type]
+            retry: RetryConfig = {"max_retries": 1, "retry_timeout": timeout}
+            store = self._stores[bucket] = S3Store(bucket, config=config, client_options=client, retry_config=retry)
         return store
 
     def submit(self, uri: str, deadline: float) -> Future[bytes]:

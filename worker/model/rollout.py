@@ -100,7 +100,7 @@ class Rollout:
     ) -> None:
         self.paths = (bundle, shadow_bundle)
         self.watch_interval_s = watch_interval_s
-        self.metrics = metrics or WorkerMetrics()
+        self.metrics = metrics or WorkerMetrics.unexposed()
         self._load = load
         self._models = Models(load(bundle), load(shadow_bundle) if shadow_bundle else None)
         self._wake = threading.Event()

@@ -21,6 +21,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import prometheus_client
@@ -165,11 +166,24 @@ class Histogram(_Labelled):
         return sum(self._samples(f"{self.name}_count", labels))
 
 
-class WorkerMetrics:
-    """Every series the worker exports (the README's metrics list is this class)."""
+@dataclass
+class Timing:
+    """What :meth:`WorkerMetrics.timed` measured: set when its block ends."""
 
-    def __init__(self) -> None:
-        r = self.registry = Registry()
+    seconds: float = 0.0
+
+
+class WorkerMetrics:
+    """Every series the worker exports (the README's metrics list is this class).
+
+    ``process_collectors=False`` (:meth:`unexposed`) leaves out the process,
+    platform and GC collectors: they describe the whole process and belong to
+    the one registry ``/metrics`` serves, not to the private registry a
+    component makes for itself when it is given none.
+    """
+
+    def __init__(self, process_collectors: bool = True) -> None:
+        r = self.registry = Registry(process_collectors)
         self.messages_in = Counter(r, "aigis_messages_in_total", "Records taken from the input topic.", ["topic"])
         self.verdicts = Counter(r, "aigis_verdicts_total", "Verdicts acknowledged by the broker, by label and cache status.", ["label", "cache"])
         self.dead_letters = Counter(r, "aigis_dead_letters_total", "Dead letters acknowledged by the broker, by error code.", ["code"])
@@ -232,6 +246,11 @@ class WorkerMetrics:
         )
         self.decisions = Counter(r, "aigis_label_decisions_total", "Verdict labels by who set them (model or provenance).", ["decided_by"])
 
+    @classmethod
+    def unexposed(cls) -> WorkerMetrics:
+        """The default of components built without the worker's metrics (offline scorer, tests): counts kept, nothing process-wide."""
+        return cls(process_collectors=False)
+
     def count_provenance(self, signals: Iterable[Any], decided_by: str) -> None:
         """One verdict's provenance: each signal by kind and status (and strength when it declares AI), and who decided."""
         for sig in signals:
@@ -241,13 +260,20 @@ class WorkerMetrics:
         self.decisions.inc(1, decided_by)
 
     @contextmanager
-    def timed(self, stage: str) -> Iterator[None]:
-        """Observe the wall time of the ``with`` block as ``aigis_stage_seconds{stage=...}``."""
+    def timed(self, stage: str) -> Iterator[Timing]:
+        """Observe the wall time of the ``with`` block as ``aigis_stage_seconds{stage=...}``.
+
+        ``with metrics.timed("inference") as took:`` gives the same figure as
+        ``took.seconds`` after the block, for callers that also report it (the
+        verdict's ``inference_ms``), so no stage needs its own clock pair.
+        """
+        took = Timing()
         t0 = time.perf_counter()
         try:
-            yield
+            yield took
         finally:
-            self.stage_seconds.observe(time.perf_counter() - t0, stage)
+            took.seconds = time.perf_counter() - t0
+            self.stage_seconds.observe(took.seconds, stage)
 
     def _hit_ratio(self) -> float:
         hits = self.cache_lookups.value("hit") + self.cache_lookups.value("near_duplicate")

@@ -14,6 +14,9 @@ Three steps, so the runtime can overlap them: :meth:`BatchProcessor.receive`
 is in inference, batch N+1 is being decoded and batch N+2 fetched.
 ``receive`` takes one snapshot of the models from the rollout and the batch
 carries it to ``finish``, so a hot swap never mixes two bundles in one batch.
+The cache's part (keys, lookup, near-duplicates, write-back) lives in
+:mod:`~worker.pipeline.caching`, one image's decode in
+:mod:`~worker.pipeline.images`, so this module stays the batch's sequence.
 
 Guarantee: exactly one :class:`~worker.pipeline.outcomes.Outcome` per input
 record, in input order. Bad input becomes a dead letter; an inference failure
@@ -32,9 +35,9 @@ from pathlib import Path
 import numpy as np
 import structlog
 
-from schemas import CacheStatus, ErrorCode
+from schemas import ErrorCode
 from schemas.provenance import ProvenancePolicy
-from worker.cache.verdicts import CachedVerdict, ContentKey, VerdictCache
+from worker.cache.verdicts import VerdictCache
 from worker.config import WorkerConfig
 from worker.errors import InputError
 from worker.ingest.decode_pool import DecodePool
@@ -47,14 +50,12 @@ from worker.model.scores import Score, ScoreBatch
 from worker.model.shadow import shadow_scores
 from worker.ops.metrics import WorkerMetrics
 from worker.pipeline import outcomes
+from worker.pipeline.caching import BatchCache
 from worker.pipeline.images import prepare_image
 from worker.pipeline.items import Item, ModelSource, PipelineSettings, Prepared, PreparedBatch
 from worker.pipeline.outcomes import Outcome
 
 log = structlog.get_logger(__name__)
-
-#: How the cache knows an image: its content hash, or (tenant scope) hash and tenant.
-CacheKey = str | ContentKey
 
 
 class BatchProcessor:
@@ -71,9 +72,9 @@ class BatchProcessor:
     ) -> None:
         self.settings = settings
         self.models = models
-        self.cache = cache
         self.pool = pool
-        self.metrics = metrics or WorkerMetrics()
+        self.metrics = metrics or WorkerMetrics.unexposed()
+        self.caching = BatchCache(cache, settings, self.metrics)
         self._fetcher = fetcher
 
     @classmethod
@@ -112,10 +113,10 @@ class BatchProcessor:
             live = [it for it in pb.items if it.error is None and it.data is not None]
             for it in live:
                 it.sha = hashlib.sha256(it.data or b"").hexdigest()
-            self._lookup(pb, live)
+            self.caching.lookup(pb, live)
             self._decode(pb)
-            if self.settings.near_distance is not None and self.cache is not None and pb.ready:
-                self._near_duplicates(pb)
+            if self.caching.near_duplicates_on and pb.ready:
+                self.caching.near_duplicates(pb)
             return pb
 
     def _parse(self, items: list[Item]) -> None:
@@ -145,34 +146,6 @@ class BatchProcessor:
         if self._fetcher is None:
             self._fetcher = Fetcher(self.settings.fetch_policy, concurrency=4)
         return self._fetcher
-
-    def _key(self, it: Item) -> CacheKey:
-        """An item's cache key: its content hash, and in tenant scope its tenant too."""
-        assert it.sha is not None
-        if self.cache is not None and self.cache.scope == "tenant":
-            return ContentKey(it.sha, it.upload.tenant if it.upload else None)
-        return it.sha
-
-    @property
-    def _policy(self) -> str:
-        """The provenance policy's fingerprint: part of every cache key (see :class:`~worker.pipeline.items.ProvenanceSettings`)."""
-        return self.settings.provenance.fingerprint
-
-    def _lookup(self, pb: PreparedBatch, live: list[Item]) -> None:
-        hits: dict[CacheKey, CachedVerdict] | None = {}
-        if self.cache is not None and live:
-            with self.metrics.timed("cache_read"):
-                hits = self.cache.get_many(pb.models.primary.sha256, {self._key(it) for it in live}, policy=self._policy)
-        for it in live:
-            assert it.sha is not None
-            hit = hits.get(self._key(it)) if hits else None
-            if hit is not None and (hit.provenance is not None or not self.settings.provenance.reads):
-                it.score, it.provenance, it.cache = hit.score, hit.provenance, CacheStatus.hit
-            else:
-                pb.misses.setdefault(it.sha, []).append(it)
-        if self.cache is not None and live:
-            self.metrics.cache_lookups.inc(sum(it.cache is CacheStatus.hit for it in live), "hit")
-            self.metrics.cache_lookups.inc(sum(len(g) for g in pb.misses.values()), "miss" if hits is not None else "unavailable")
 
     def _decode(self, pb: PreparedBatch) -> None:
         """Decode each distinct image once; duplicates inside the batch share the work."""
@@ -204,42 +177,14 @@ class BatchProcessor:
             )
         return self.pool.submit(prepare_image, *args)
 
-    def _near_duplicates(self, pb: PreparedBatch) -> None:
-        """Serve exact misses whose pHash is close to a cached image's (in their scope) from that image's score."""
-        assert self.cache is not None and self.settings.near_distance is not None
-        with self.metrics.timed("near_duplicate"):
-            wanted = {self._key(it): p.phash for sha, p in pb.ready if p.phash is not None for it in pb.misses[sha]}
-            found = self.cache.near_many(pb.models.primary.sha256, wanted, self.settings.near_distance, policy=self._policy) or {}
-        keep = []
-        for sha, prep in pb.ready:
-            rest = []
-            for it in pb.misses[sha]:
-                match = found.get(self._key(it))
-                if match is None:
-                    rest.append(it)
-                    continue
-                it.score, it.cache = match.score, CacheStatus.near_duplicate  # the other image's score, this image's own provenance
-                log.debug("near_duplicate", content_sha256=sha, matched=match.content_sha256, distance=match.distance)
-                self.metrics.cache_lookups.inc(1, "near_duplicate")
-            if rest:
-                pb.misses[sha] = rest
-                keep.append((sha, prep))
-            else:
-                del pb.misses[sha]
-        pb.ready = keep
-
     # -- second half: inference, shadow, cache write, outcomes --------------------------
     def finish(self, pb: PreparedBatch) -> list[Outcome]:
+        """Inference, shadow and cache write for the images :meth:`prepare` left ready; one outcome per record, in input order."""
         if pb.ready:
             fresh = self._infer(pb)
             if pb.models.shadow is not None:
                 self._shadow(pb, [(sha, prep) for sha, prep in pb.ready if sha in fresh])
-            if self.cache is not None and fresh:
-                with self.metrics.timed("cache_write"):
-                    readings = {sha: p.provenance for sha, p in pb.ready}
-                    entries = {self._key(it): CachedVerdict(score, readings.get(sha)) for sha, score in fresh.items() for it in pb.misses[sha]}
-                    phashes = {self._key(it): p.phash for sha, p in pb.ready if p.phash is not None and sha in fresh for it in pb.misses[sha]}
-                    self.cache.set_many(pb.models.primary.sha256, entries, phashes, self.settings.near_distance or 0, policy=self._policy)
+            self.caching.write(pb, fresh)
         return [self._outcome(pb.models, it) for it in pb.items]
 
     def process(self, records: Sequence[InputRecord]) -> list[Outcome]:
@@ -257,17 +202,15 @@ class BatchProcessor:
             for it in pb.misses[pb.ready[i][0]]:
                 it.error = InputError(ErrorCode.inference_failed, f"model failed on this image: {type(exc).__name__}: {str(exc)[:300]}")
 
-        t0 = time.perf_counter()
-        rows = infer_resilient(pb.ready, infer, self.settings.max_batch, failed, lambda: self.metrics.inference_retries.inc())
-        infer_s = time.perf_counter() - t0
-        self.metrics.stage_seconds.observe(infer_s, "inference")
+        with self.metrics.timed("inference") as took:
+            rows = infer_resilient(pb.ready, infer, self.settings.max_batch, failed, lambda: self.metrics.inference_retries.inc())
         fresh: dict[str, Score] = {}
         for (sha, _), row in zip(pb.ready, rows, strict=True):
             if row is None:
                 continue
             fresh[sha] = row
             for it in pb.misses[sha]:  # the same image again in this batch: computed once, still not from Redis
-                it.score, it.inference_ms = row, infer_s * 1000
+                it.score, it.inference_ms = row, took.seconds * 1000
         return fresh
 
     def _shadow(self, pb: PreparedBatch, scored: list[tuple[str, Prepared]]) -> None:
@@ -297,19 +240,8 @@ class BatchProcessor:
             error = it.error or InputError(ErrorCode.undecodable, "no image data")
             return outcomes.dead_letter_outcome(it.record, error, it.upload, limits)
         timings = outcomes.timings(it.record, it.picked_at, it.decode_ms, it.inference_ms)
-        outcome = outcomes.verdict_outcome(
-            it.record,
-            it.upload,
-            it.sha,
-            it.score,
-            models.primary,
-            it.cache,
-            timings,
-            it.shadow,
-            limits,
-            provenance=it.provenance,
-            policy=self.settings.provenance.policy,
-        )
+        verdict = (it.record, it.upload, it.sha, it.score, models.primary, it.cache, timings, it.shadow, limits)
+        outcome = outcomes.verdict_outcome(*verdict, provenance=it.provenance, policy=self.settings.provenance.policy)
         if outcome.verdict is not None:
             self.metrics.count_provenance(outcome.verdict.provenance.signals, outcome.verdict.decided_by.value)
         return outcome

@@ -26,14 +26,15 @@ from dataclasses import dataclass
 
 import structlog
 
-from schemas import Attribution, CacheStatus, DeadLetter, ErrorCode, ShadowScore, Timings, VerdictEvent, b64encode
-from schemas.provenance import C2paSignal, ProvenancePolicy, Signal, WatermarkSignal
+from schemas import CacheStatus, DeadLetter, ErrorCode, ShadowScore, Timings, VerdictEvent, b64encode
+from schemas.provenance import ProvenancePolicy
 from worker.errors import InputError
 from worker.ingest.provenance import ProvenanceReading
 from worker.ingest.wire import InputRecord, Upload, best_effort_ids, encodable
 from worker.model.bundle import LoadedBundle
-from worker.model.policy import Decision, apply_provenance, thresholds
+from worker.model.policy import apply_provenance, thresholds
 from worker.model.scores import Score
+from worker.pipeline.verdict_details import attribution_for, log_decisive
 
 log = structlog.get_logger(__name__)
 
@@ -132,51 +133,10 @@ def verdict_outcome(
         reason = f"verdict could not be serialised: {type(exc).__name__}: {exc}"
         return dead_letter_outcome(record, InputError(ErrorCode.schema_invalid, reason), upload, limits)
     if outcome.size <= limits.max_record_bytes:
-        _log_decisive(record, upload, decision, score)
+        log_decisive(record, upload, decision, score)
         return outcome
     reason = f"verdict is {outcome.size} bytes, more than the {limits.max_record_bytes} the producer accepts"
     return dead_letter_outcome(record, InputError(ErrorCode.schema_invalid, reason), upload, limits)
-
-
-def attribution_for(score: Score, bundle: LoadedBundle) -> Attribution | None:
-    """The verdict's attribution: the top family, or ``unknown`` below the bundle's calibrated threshold.
-
-    Read from the score (so cache hits and near-duplicates carry it like the
-    score itself) and the bundle's manifest (so the threshold is the one the
-    head was calibrated with). None without an attribution head, or for a
-    cache entry written before entries kept the head's output.
-    """
-    head = bundle.manifest.attribution
-    if head is None or not score.attribution:
-        return None
-    return Attribution.from_probabilities(dict(score.attribution), head.unknown_threshold)
-
-
-def _log_decisive(record: InputRecord, upload: Upload, decision: Decision, score: Score) -> None:
-    """One line per signal that set a label (rare, and what an operator wants to see): which, how strong, against what score."""
-    for kind in decision.provenance.decisive:
-        sig = decision.provenance.signal(kind)
-        log.info(
-            "provenance_decided",
-            upload_id=upload.upload_id,
-            partition=record.partition,
-            offset=record.offset,
-            kind=kind.value,
-            strength=sig.strength.value if sig is not None else None,
-            evidence=_evidence(sig) if sig is not None else None,
-            label=decision.label.value,
-            model_label=decision.model_label.value,
-            score=round(score.probability, 5),
-        )
-
-
-def _evidence(sig: Signal) -> str | None:
-    """What identifies a decisive signal in a log line: the C2PA signer and source type, or the watermark payload."""
-    if isinstance(sig, C2paSignal):
-        return f"signer={sig.signer} issuer={sig.issuer} source={','.join(sig.digital_source_types)}"[:300]
-    if isinstance(sig, WatermarkSignal):
-        return f"payload={sig.payload} agreement={sig.agreement}"
-    return None
 
 
 def dead_letter_outcome(record: InputRecord, error: InputError, upload: Upload | None, limits: OutcomeLimits) -> Outcome:

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from devkit.images import unique_jpegs
@@ -100,3 +101,33 @@ def test_restarting_after_the_first_phase_overran_reports_it_and_outside_a_pool_
     finally:
         pool.shutdown(wait=False)
     assert restart_limit(0.01, lambda: "x") is True  # not in a pool's thread: no limit, nothing to restart
+
+
+# -- the pool itself ----------------------------------------------------------------
+def test_decode_pool_times_out_a_stuck_task_and_keeps_its_capacity() -> None:
+    pool = DecodePool(1, name="t-pool")
+    release = threading.Event()
+    try:
+        stuck = pool.submit_limited(0.1, lambda: TimeoutError("too slow"), release.wait, 30)
+        with pytest.raises(TimeoutError, match="too slow"):
+            stuck.result(timeout=10)
+        assert pool.abandoned == 1 and pool.timeouts == 1
+        # the replacement thread serves the next task while the stuck one is still running
+        assert pool.submit(lambda: 42).result(timeout=10) == 42
+        release.set()
+        time.sleep(0.2)
+        assert pool.abandoned == 0
+    finally:
+        release.set()
+        pool.shutdown(wait=False)
+
+
+def test_decode_pool_limit_counts_from_start_not_from_submission() -> None:
+    pool = DecodePool(1, name="t-pool2")
+    try:
+        futures = [pool.submit_limited(1.0, lambda: TimeoutError("late"), time.sleep, 0.4) for _ in range(3)]
+        # the third waits ~0.8 s in the queue, longer than... nothing: only its own 0.4 s run counts
+        assert [f.result(timeout=10) for f in futures] == [None, None, None]
+        assert pool.timeouts == 0
+    finally:
+        pool.shutdown(wait=False)

@@ -27,7 +27,8 @@ from worker.model.rollout import Models
 from worker.model.scores import Score
 from worker.pipeline.batch import BatchProcessor
 from worker.pipeline.items import PipelineSettings
-from worker.pipeline.outcomes import OutcomeLimits, attribution_for, verdict_outcome
+from worker.pipeline.outcomes import OutcomeLimits, verdict_outcome
+from worker.pipeline.verdict_details import attribution_for
 
 CLASSES = ["diffusion", "tconv", "real"]
 THRESHOLD = 0.5
