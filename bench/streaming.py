@@ -719,6 +719,6 @@ def run_latency(opts: Options) -> BenchResult:
             cpus = usable_cpus()
             if opts.latency_isolate and arch == opts.stream_archs[0] and len(cpus) >= 2:
                 alone = {max(cpus)}
-                _latency_pass(r, opts, servers, arch, bundle, pool, backlog, [defaults_wait], isolate=(alone, cpus - alone))
+                _latency_pass(r, opts, servers, arch, bundle, pool, backlog, [defaults_wait], targets=True, isolate=(alone, cpus - alone))
 
     return r.finish()
