@@ -365,8 +365,8 @@ def run(args: argparse.Namespace) -> int:
     from export.evaluate import replace_between
     from export.synth import GENERATORS, SynthConfig, make_dataset
     from export.train import make_method, train_bundle
+    from worker.app import drift_settings
     from worker.config import WorkerConfig
-    from worker.ops.drift import DriftSettings
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -435,7 +435,8 @@ def run(args: argparse.Namespace) -> int:
     # 4. false alarms, 5. detection delay, with the worker's drift settings (window options overridable)
     overrides = {"drift_window_images": args.drift_window_images, "drift_min_images": args.drift_min_images}
     cfg = WorkerConfig(**{k: v for k, v in overrides.items() if v is not None})
-    drift = DriftSettings.from_config(cfg)
+    drift = drift_settings(cfg)
+    assert drift is not None  # drift_monitor is on by default
     every = np.arange(len(scores["all"].family))
     fa = [
         false_alarms(bundles["all"], scores["all"], every, None, args.orders, args.seed, "all families + real", drift),
