@@ -78,6 +78,15 @@ def test_manifest_has_a_drift_reference_per_signal_and_an_attribution_head(bench
     assert m.attribution.classes == ["autoencoder", "diffusion", "tconv", "upsample-texture", "real"]
     assert 0.2 < m.attribution.unknown_threshold < 1 and m.attribution.file in m.files
     assert m.attribution.validation["attributed_share"] >= 0.95
+    # the threshold was set against each family left out in turn, under the coverage ceiling
+    o = m.attribution.training["open_set"]
+    assert o["method"] == "leave-one-family-out" and [f["family"] for f in o["folds"]] == m.attribution.classes[:-1]
+    assert o["threshold"] == m.attribution.unknown_threshold <= o["coverage_ceiling"]
+    assert o["known_kept"] == pytest.approx(np.mean([f["known_kept"] for f in o["folds"]]))
+    assert o["unseen_unknown"] == pytest.approx(np.mean([f["unseen_unknown"] for f in o["folds"]]))
+    # on the folds, the chosen threshold trades at least as well as the coverage rule's (the ceiling) would have
+    at_ceiling = np.mean([f["known_kept_at_ceiling"] + f["unseen_unknown_at_ceiling"] for f in o["folds"]])
+    assert o["known_kept"] + o["unseen_unknown"] >= at_ceiling - 1e-12
 
 
 def test_ledoit_wolf_shrinks_more_with_fewer_images_and_keeps_the_covariance_invertible() -> None:
