@@ -46,6 +46,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -272,6 +273,13 @@ def _median_range(values: list[int]) -> str:
     return f"{int(np.median(values)):,} ({min(values):,}–{max(values):,})"
 
 
+def poisson_upper(k: int, confidence: float = 0.95) -> float:
+    """One-sided upper confidence bound of a Poisson mean after ``k`` events (chi-square, Wilson-Hilferty: ~1%)."""
+    from worker.ops.drift import chi2_quantile
+
+    return chi2_quantile(confidence, 2 * k + 2) / 2
+
+
 def censored_summary(runs: Sequence[dict[str, Any]]) -> str:
     """Median (min–max) delay over every run, a run that never fired counting as longer than what it streamed.
 
@@ -305,7 +313,8 @@ def markdown(fa: list[dict[str, Any]], det: list[dict[str, Any]], content: dict[
     total_alarms = sum(r["alarms"] for r in fa)
     lines.append(
         f"**False alarms**: {total_alarms} in {total_streamed:,} streamed verdicts = **{total_alarms / total_streamed * 1e4:.2f} per 10,000 images** "
-        "(known families and real images only; each stream a random order of the pool). The stable streams are new crops of the *training "
+        f"(one-sided 95% Poisson upper bound {poisson_upper(total_alarms) / total_streamed * 1e4:.2f}; "
+        "known families and real images only; each stream a random order of the pool). The stable streams are new crops of the *training "
         "photographs*: the scenes the bundle was trained on, so this is the rate when only the generators are known, not the scenes; a live "
         "stream's scenes change, and "
         + (
@@ -506,7 +515,8 @@ def run(args: argparse.Namespace) -> int:
         "python -m export " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["drift-benchmark"] else "python -m export drift-benchmark"
     )
     intro = (
-        f"Measured by `{command}` ({elapsed / 60:.0f} min over all stages, cached between runs, on {platform.machine()}; "
+        f"Measured on {datetime.now(UTC).date().isoformat()} by `{command}` "
+        f"({elapsed / 60:.0f} min over all stages, cached between runs, on {platform.machine()}; "
         f"backbone `{args.arch}` with random weights, "
         f"heads {', '.join(methods)} (profile `{args.profile}`, {args.train_per_class} training images per class and family), "
         f"stream pool of {len(scores['all'].family):,} images: new crops of the training photographs. Every verdict comes from the worker's pipeline "

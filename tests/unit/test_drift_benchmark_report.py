@@ -35,6 +35,6 @@ def test_markdown_shows_misses_and_the_new_scenes_rate_beside_the_stable_one() -
     md = markdown(fa, det, content, {"window_images": 1000}, "intro")
     assert "| d | >5,000 (3,256–>5,000); 3/5 did not fire; 172 unseen in those that fired | 2/2 did not fire in 6,900+ images |" in md
     assert "3,456" not in md  # the median of the two runs that fired is not shown
-    assert "**0.62 per 10,000 images**" in md and "the rate is **20.00 per 10,000**" in md
+    assert "**0.62 per 10,000 images** (one-sided 95% Poisson upper bound 2.96;" in md and "the rate is **20.00 per 10,000**" in md
     assert "first alarm after 320 images (s:x); 1 order(s) without one" in md
     assert "new crops of the *training photographs*" in md
