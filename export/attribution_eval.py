@@ -16,6 +16,16 @@ worker computes for a verdict's ``attribution``; ``unknown`` is decided by
   **open-set rate**, the share labelled ``unknown`` rather than forced onto a
   known family, and where the rest went.
 
+Beside the verdict's rule, the same counts for a **candidate rule** the worker
+does not apply yet: ``unknown`` also when the image's embedding novelty
+distance (``anomaly["monitor.novelty"]``, the bundle's Mahalanobis graph)
+exceeds the drift reference's threshold (the validation p99). Lee et al. (2018)
+use exactly this distance to nearest class mean as a classifier's
+out-of-distribution detector; the top softmax probability is no such
+detector (a linear model is often most confident far from its data). Reported
+as ``with_novelty`` (JSON) and in parentheses in the table, for bundles with
+both graphs.
+
 Writes ``attribution-<bundle>.json`` and ``confusion-<bundle>.png`` (rows: true
 family, columns: attributed class and ``unknown``, row-normalised colours,
 counts printed). :func:`attribution_report` is what ``python -m export eval``
@@ -56,6 +66,10 @@ class AttributionResult:
     known_accuracy: float | None = None
     known_unknown_rate: float = 0.0
     unscored: int = 0
+    # the candidate rule (top probability below the threshold, or novelty beyond the drift reference's p99); None without a novelty graph
+    novelty_threshold: float | None = None
+    known_unknown_rate_with_novelty: float | None = None
+    unseen_unknown_rate_with_novelty: dict[str, float] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -68,6 +82,14 @@ class AttributionResult:
             "per_family": self.per_family,
             "unseen": self.unseen,
             "unscored": self.unscored,
+            "with_novelty": None
+            if self.novelty_threshold is None
+            else {
+                "rule": "unknown when the top probability is below unknown_threshold or monitor.novelty is above the drift reference's threshold",
+                "novelty_threshold": self.novelty_threshold,
+                "known_unknown_rate": self.known_unknown_rate_with_novelty,
+                "unseen_unknown_rate": self.unseen_unknown_rate_with_novelty,
+            },
             "confusion": {"rows": self.rows, "columns": [*self.classes, UNKNOWN], "counts": self.counts.tolist()},
             "scored_by": "worker prepare_image + LoadedBundle.score (ONNX Runtime); unknown by schemas.Attribution.from_probabilities",
         }
@@ -79,6 +101,13 @@ def true_family(item: Item) -> str:
 
 def attribution_probabilities(bundle_path: Path, items: Sequence[Item], max_batch: int = 64, threads: int = 2) -> tuple[list[str], np.ndarray]:
     """(classes, probabilities (N, K)) for every item; NaN rows where the worker could not decode the image."""
+    classes, probs, _ = attribution_scores(bundle_path, items, max_batch, threads)
+    return classes, probs
+
+
+def attribution_scores(bundle_path: Path, items: Sequence[Item], max_batch: int = 64, threads: int = 2) -> tuple[list[str], np.ndarray, np.ndarray | None]:
+    """(classes, probabilities (N, K), novelty distances (N,) or None without a novelty graph); NaN where not decoded."""
+    from schemas.monitoring import NOVELTY_KEY
     from worker.errors import InputError
     from worker.model.bundle import LoadedBundle
     from worker.pipeline.batch import BatchProcessor
@@ -90,6 +119,7 @@ def attribution_probabilities(bundle_path: Path, items: Sequence[Item], max_batc
     if att is None:
         raise SystemExit(f"{bundle_path} has no attribution head (bundles get one when trained on >= 2 generator families)")
     probs = np.full((len(items), len(att.classes)), np.nan)
+    novelty = np.full(len(items), np.nan)
     with ThreadPoolExecutor(threads) as pool:
         proc = BatchProcessor.offline(bundle, pool, max_batch)
         models = proc.models.current()
@@ -113,7 +143,10 @@ def attribution_probabilities(bundle_path: Path, items: Sequence[Item], max_batc
             batch = bundle.score(pixels, native)
             for j, i in enumerate(ok):
                 probs[lo + i] = [batch.attribution[c][j] for c in att.classes]
-    return list(att.classes), probs
+                if NOVELTY_KEY in batch.anomaly:
+                    novelty[lo + i] = batch.anomaly[NOVELTY_KEY][j]
+    has_novelty = bundle.manifest.drift is not None and bundle.manifest.drift.novelty is not None
+    return list(att.classes), probs, novelty if has_novelty else None
 
 
 def evaluate_attribution(
@@ -123,10 +156,11 @@ def evaluate_attribution(
     from schemas import Attribution
     from worker.model.bundle import read_manifest
 
-    classes, probs = attribution_probabilities(bundle_path, items, max_batch, threads)  # refuses a bundle without the head
+    classes, probs, novelty = attribution_scores(bundle_path, items, max_batch, threads)  # refuses a bundle without the head
     manifest, _ = read_manifest(bundle_path)
-    assert manifest.attribution is not None  # attribution_probabilities refused a bundle without the head
+    assert manifest.attribution is not None  # attribution_scores refused a bundle without the head
     threshold = manifest.attribution.unknown_threshold
+    nv = manifest.drift.novelty if manifest.drift is not None else None
     truth = [true_family(it) for it in items]
     unseen_fams = sorted({t for t in truth if t not in classes})
     rows = [*classes, *unseen_fams]
@@ -166,6 +200,14 @@ def evaluate_attribution(
             }
     res.known_accuracy = known_right / known_n if known_n else None
     res.known_unknown_rate = known_unknown / known_n if known_n else 0.0
+    if novelty is not None and nv is not None:
+        scored = ~np.isnan(probs).any(axis=1)
+        either = (np.nan_to_num(probs.max(axis=1, initial=0.0), nan=0.0) < threshold) | (np.nan_to_num(novelty, nan=0.0) > nv.threshold)
+        families = np.array(truth)
+        known = scored & np.isin(families, classes)
+        res.novelty_threshold = nv.threshold
+        res.known_unknown_rate_with_novelty = float(either[known].mean()) if known.any() else None
+        res.unseen_unknown_rate_with_novelty = {f: float(either[scored & (families == f)].mean()) for f in res.unseen}
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / f"attribution-{res.label}.json").write_text(json.dumps(res.to_json(), indent=2) + "\n")
@@ -209,7 +251,8 @@ def markdown(results: Sequence[AttributionResult]) -> str:
     fams = [*sorted({f for r in results for f in r.rows if f != REAL}), REAL]
     lines = [
         "**Attribution** (top-1 accuracy per family, %; *unseen*: the family was left out of training and the cell is its open-set rate, "
-        "the share labelled `unknown` instead of a known family)",
+        "the share labelled `unknown` instead of a known family; in parentheses, the same with the candidate rule that also says `unknown` "
+        "when the embedding's novelty distance is beyond the drift reference's p99, which the worker does not apply yet)",
         "",
         "| bundle | " + " | ".join(fams) + " | known mean | known → unknown |",
         "| --- | " + " | ".join("---:" for _ in fams) + " | ---: | ---: |",
@@ -220,10 +263,12 @@ def markdown(results: Sequence[AttributionResult]) -> str:
             if f in r.per_family:
                 cells.append(_pct(r.per_family[f]["accuracy"]))
             elif f in r.unseen:
-                cells.append(f"*unseen: {_pct(r.unseen[f]['unknown_rate'])}*")
+                unseen_nv = r.unseen_unknown_rate_with_novelty.get(f)
+                cells.append(f"*unseen: {_pct(r.unseen[f]['unknown_rate'])}*" + (f" ({_pct(unseen_nv)})" if unseen_nv is not None else ""))
             else:
                 cells.append("–")
-        lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {_pct(r.known_accuracy)} | {_pct(r.known_unknown_rate)} |")
+        with_nv = f" ({_pct(r.known_unknown_rate_with_novelty)})" if r.known_unknown_rate_with_novelty is not None else ""
+        lines.append(f"| {r.label} | " + " | ".join(cells) + f" | {_pct(r.known_accuracy)} | {_pct(r.known_unknown_rate)}{with_nv} |")
     lines.append("")
     return "\n".join(lines) + "\n"
 
@@ -242,4 +287,14 @@ def attribution_report(
     return markdown(results), [r.to_json() for r in results]
 
 
-__all__ = ["ATTRIBUTION_END", "ATTRIBUTION_START", "AttributionResult", "attribution_report", "confusion_png", "evaluate_attribution", "markdown"]
+__all__ = [
+    "ATTRIBUTION_END",
+    "ATTRIBUTION_START",
+    "AttributionResult",
+    "attribution_probabilities",
+    "attribution_report",
+    "attribution_scores",
+    "confusion_png",
+    "evaluate_attribution",
+    "markdown",
+]

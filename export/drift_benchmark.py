@@ -46,6 +46,7 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 
@@ -194,6 +195,7 @@ def false_alarms(bundle: Path, scored: Scored, rows: np.ndarray, fake_share: flo
     streamed, alarms = 0, 0
     by: dict[str, Any] = {}
     distinct = 0
+    first: list[dict[str, Any] | None] = []
     for _ in range(orders):
         if fake_share is None:
             chosen = rows
@@ -206,6 +208,7 @@ def false_alarms(bundle: Path, scored: Scored, rows: np.ndarray, fake_share: flo
         fired = run_stream(_monitor(bundle, settings), scored, order)
         streamed += len(order)
         alarms += len(fired)
+        first.append({"at": fired[0][0], "statistic": f"{fired[0][1].statistic.value}:{fired[0][1].signal}"} if fired else None)
         for _, r in fired:
             key = f"{r.statistic.value}:{r.signal}"
             by[key] = by.get(key, 0) + 1
@@ -219,6 +222,7 @@ def false_alarms(bundle: Path, scored: Scored, rows: np.ndarray, fake_share: flo
         "streamed": streamed,
         "alarms": alarms,
         "by": by,
+        "first": first,
     }
 
 
@@ -269,13 +273,56 @@ def _median_range(values: list[int]) -> str:
     return f"{int(np.median(values)):,} ({min(values):,}–{max(values):,})"
 
 
+def poisson_upper(k: int, confidence: float = 0.95) -> float:
+    """One-sided upper confidence bound of a Poisson mean after ``k`` events (chi-square, Wilson-Hilferty: ~1%)."""
+    from worker.ops.drift import chi2_quantile
+
+    return chi2_quantile(confidence, 2 * k + 2) / 2
+
+
+def censored_summary(runs: Sequence[dict[str, Any]]) -> str:
+    """Median (min–max) delay over every run, a run that never fired counting as longer than what it streamed.
+
+    A run without an alarm is right-censored at ``streamed_after_onset``: its delay is more than that. The
+    median of the bounds is a lower bound of the true median (the median is monotone in each value), and it is
+    exact when every censored run sorts above the middle; otherwise the cell says ``>``. So a cell never shows the
+    median of the runs that fired as if the others had not been run.
+    """
+    bounds = sorted(
+        ((r["delay"], False) if r["delay"] is not None else (r["streamed_after_onset"], True) for r in runs),
+        key=lambda b: (b[0], b[1]),
+    )
+    n = len(bounds)
+    if not n:
+        return "–"
+    misses = sum(c for _, c in bounds)
+    middle = [n // 2] if n % 2 else [n // 2 - 1, n // 2]
+    median = int(np.mean([bounds[i][0] for i in middle]))
+    exact = all(i > max(middle) for i, (_, c) in enumerate(bounds) if c)
+    lo = bounds[0]
+    hi = max(b[0] for b in bounds)
+    text = f"{'' if exact else '>'}{median:,} ({'>' if lo[1] else ''}{lo[0]:,}–{'>' if misses else ''}{hi:,})"
+    if misses:
+        text += f"; {misses}/{n} did not fire"
+    return text
+
+
 def markdown(fa: list[dict[str, Any]], det: list[dict[str, Any]], content: dict[str, Any] | None, settings: dict[str, Any], intro: str) -> str:
     lines = [intro, ""]
     total_streamed = sum(r["streamed"] for r in fa)
     total_alarms = sum(r["alarms"] for r in fa)
     lines.append(
         f"**False alarms**: {total_alarms} in {total_streamed:,} streamed verdicts = **{total_alarms / total_streamed * 1e4:.2f} per 10,000 images** "
-        "(known families and real images only; each stream a random order of the pool)."
+        f"(one-sided 95% Poisson upper bound {poisson_upper(total_alarms) / total_streamed * 1e4:.2f}; "
+        "known families and real images only; each stream a random order of the pool). The stable streams are new crops of the *training "
+        "photographs*: the scenes the bundle was trained on, so this is the rate when only the generators are known, not the scenes; a live "
+        "stream's scenes change, and "
+        + (
+            f"on **new scenes** (the test photographs, known families) the rate is **{content['alarms'] / content['streamed'] * 1e4:.2f} per 10,000** "
+            f"({content['alarms']} in {content['streamed']:,}: {content['distinct']:,} images × {content['orders']} orders; below)."
+            if content is not None and content.get("streamed")
+            else "new scenes were not measured in this run (`--new-photos-per-class 0`)."
+        )
     )
     lines.append("")
     lines.append("| bundle | stream | fake share | images (distinct × orders) | alarms | per 10,000 | which |")
@@ -290,8 +337,9 @@ def markdown(fa: list[dict[str, Any]], det: list[dict[str, Any]], content: dict[
     shares = sorted({d["share"] for d in det})
     lines.append(
         "**Detection delay**: bundle trained without family G, a window of known images, then G's fakes mixed in at the stated share; "
-        "images from G's first image to the first alarm, median (min–max) over random orders, and how many of them were G's; "
-        "the statistic that fired first (most often)."
+        "images from G's first image to the first alarm, median (min–max) over random orders, and how many of them were G's (median over "
+        "the runs that fired, said so when some did not); the statistic that fired first (most often). A run that never fired counts "
+        "as longer than the images it streamed: its cell says how many did not fire and shows `>` where the median or the maximum is only a lower bound."
     )
     lines.append("")
     lines.append("| unseen family | " + " | ".join(f"share {s:.0%}" for s in shares) + " | first statistic |")
@@ -301,14 +349,11 @@ def markdown(fa: list[dict[str, Any]], det: list[dict[str, Any]], content: dict[
         stats: dict[str, Any] = {}
         for s in shares:
             d = next(x for x in det if x["unseen"] == fam and x["share"] == s)
-            delays = [r["delay"] for r in d["runs"] if r["delay"] is not None]
             unseen = [r["unseen_seen"] for r in d["runs"] if r["delay"] is not None]
-            misses = len(d["runs"]) - len(delays)
-            cell = f"{_median_range(delays)}; {int(np.median(unseen)) if unseen else 0} unseen" if delays else "no alarm"
-            if misses and delays:
-                cell += f"; {misses}/{len(d['runs'])} runs no alarm"
-            elif misses:
-                cell = f"no alarm in {min(r['streamed_after_onset'] for r in d['runs']):,}+ images"
+            if unseen:
+                cell = f"{censored_summary(d['runs'])}; {int(np.median(unseen))} unseen" + (" in those that fired" if len(unseen) < len(d["runs"]) else "")
+            else:
+                cell = f"{len(d['runs'])}/{len(d['runs'])} did not fire in {min(r['streamed_after_onset'] for r in d['runs']):,}+ images"
             cells.append(cell)
             for r in d["runs"]:
                 if r["delay"] is not None:
@@ -317,11 +362,15 @@ def markdown(fa: list[dict[str, Any]], det: list[dict[str, Any]], content: dict[
         lines.append(f"| {fam} | " + " | ".join(cells) + f" | {first} |")
     lines.append("")
     if content is not None:
-        fired = content["first"]
+        firsts = [f for f in content["first"] if f is not None]
+        ats = ", ".join(f"{f['at']:,}" for f in firsts)
+        which = ", ".join(sorted({f["statistic"] for f in firsts}))
         lines.append(
             f"**New scenes** (not a new generator): the pool made from the test photographs (scenes absent from training, known families, "
-            f"{content['images']:,} images) through `bundles/all`: "
-            + (f"first alarm after {fired['at']:,} images ({fired['statistic']}); {content['alarms']} alarm(s) in all." if fired else "no alarm.")
+            f"{content['distinct']:,} images) through `bundles/all`, {content['orders']} random orders: {content['alarms']} alarm(s) in "
+            f"{content['streamed']:,} verdicts ({content['alarms'] / content['streamed'] * 1e4:.2f} per 10,000); "
+            + (f"first alarm after {ats} images ({which}); {len(content['first']) - len(firsts)} order(s) without one. " if firsts else "no alarm. ")
+            + "Whether that is a false alarm is the operator's call: the scenes did shift, the generators did not."
         )
         lines.append("")
     lines.append("Settings: " + ", ".join(f"`--drift-{k.replace('_', '-')}` {v}" for k, v in settings.items()) + "; batches of 32 fresh verdicts.")
@@ -365,8 +414,8 @@ def run(args: argparse.Namespace) -> int:
     from export.evaluate import replace_between
     from export.synth import GENERATORS, SynthConfig, make_dataset
     from export.train import make_method, train_bundle
+    from worker.app import drift_settings
     from worker.config import WorkerConfig
-    from worker.ops.drift import DriftSettings
 
     out: Path = args.out
     out.mkdir(parents=True, exist_ok=True)
@@ -435,7 +484,8 @@ def run(args: argparse.Namespace) -> int:
     # 4. false alarms, 5. detection delay, with the worker's drift settings (window options overridable)
     overrides = {"drift_window_images": args.drift_window_images, "drift_min_images": args.drift_min_images}
     worker_cfg = WorkerConfig(**{k: v for k, v in overrides.items() if v is not None})
-    drift = DriftSettings.from_config(worker_cfg)
+    drift = drift_settings(worker_cfg)
+    assert drift is not None  # drift_monitor is on by default
     every = np.arange(len(scores["all"].family))
     fa = [
         false_alarms(bundles["all"], scores["all"], every, None, args.orders, args.seed, "all families + real", drift),
@@ -450,13 +500,8 @@ def run(args: argparse.Namespace) -> int:
             det.append(detection(bundles[g], s, g, share, drift.window_images, args.repeats, args.seed + 3, drift))
     content = None
     if new_scores is not None:
-        order = np.random.default_rng(args.seed + 4).permutation(len(new_scores.family))
-        fired = run_stream(_monitor(bundles["all"], drift), new_scores, order)
-        content = {
-            "images": len(order),
-            "alarms": len(fired),
-            "first": {"at": fired[0][0], "statistic": f"{fired[0][1].statistic.value}:{fired[0][1].signal}"} if fired else None,
-        }
+        every_new = np.arange(len(new_scores.family))
+        content = false_alarms(bundles["all"], new_scores, every_new, None, args.orders, args.seed + 4, "new scenes (test photographs)", drift)
 
     # attribution table: bundles/all per family, each left-out family's open-set rate, on the test split
     items = list_dataset(data / "test")
@@ -470,7 +515,8 @@ def run(args: argparse.Namespace) -> int:
         "python -m export " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["drift-benchmark"] else "python -m export drift-benchmark"
     )
     intro = (
-        f"Measured by `{command}` ({elapsed / 60:.0f} min over all stages, cached between runs, on {platform.machine()}; "
+        f"Measured on {datetime.now(UTC).date().isoformat()} by `{command}` "
+        f"({elapsed / 60:.0f} min over all stages, cached between runs, on {platform.machine()}; "
         f"backbone `{args.arch}` with random weights, "
         f"heads {', '.join(methods)} (profile `{args.profile}`, {args.train_per_class} training images per class and family), "
         f"stream pool of {len(scores['all'].family):,} images: new crops of the training photographs. Every verdict comes from the worker's pipeline "
@@ -479,7 +525,8 @@ def run(args: argparse.Namespace) -> int:
     md = markdown(fa, det, content, settings, intro)
     att_md = attribution_markdown(att) + (
         f"\nMeasured by the same command on `{data / 'test'}` ({args.test_per_class} images per class and family, test photographs); "
-        "`unknown` below each bundle's threshold (set on its validation split to keep 95% of validation images attributed). "
+        "`unknown` below each bundle's threshold (set on its validation split against each of its families left out in turn, "
+        "at most the threshold that keeps 95% of validation images attributed: `attribution.training.open_set` in its manifest). "
         f"Confusion matrices: `{out / 'attribution'}/confusion-*.png`.\n"
     )
     report = {"false_alarms": fa, "detection": det, "new_scenes": content, "settings": settings, "attribution": [a.to_json() for a in att]}
@@ -496,4 +543,4 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["DRIFT_END", "DRIFT_START", "add_parser", "detection", "false_alarms", "make_pool", "markdown", "run", "score_pool"]
+__all__ = ["DRIFT_END", "DRIFT_START", "add_parser", "censored_summary", "detection", "false_alarms", "make_pool", "markdown", "run", "score_pool"]

@@ -19,7 +19,8 @@ last file written and a bundle is never served half-finished.
    means: ~1.2 MFLOP per image for ViT-L/14, against 162 GFLOP for the
    backbone.
 2. **Attribution head** (``attribution.onnx``): :mod:`export.heads.attribution`,
-   with its ``unknown`` threshold calibrated on validation.
+   with its ``unknown`` threshold calibrated on validation, against each
+   family left out in turn (recorded in ``attribution.training.open_set``).
 3. **Reference distributions**: the validation split is scored by the
    worker's own :class:`~worker.model.bundle.LoadedBundle` on the exported
    graphs (a staging copy of the bundle made of hard links), so the reference
@@ -350,8 +351,11 @@ def add_monitoring(out: Path, manifest: BundleManifest, train: EmbeddingSet, val
 
     if attribution is not None:
         probs = np.stack([scores.attribution[c] for c in classes], axis=1)
-        threshold = attribution.calibrate(probs)
+        if options.progress and len(families) >= 3:
+            print(f"[bundle] calibrating the attribution head's unknown threshold: {len(families)} heads, each without one family")
+        threshold = attribution.calibrate(probs, train, val)
         doc["attribution"]["unknown_threshold"] = threshold
+        doc["attribution"]["training"]["open_set"] = attribution.open_set
         doc["attribution"]["validation"] = attribution.validation_report(probs, val)
     if options.drift_reference:
         dist, y = out_of_fold_distances(train, val, classes, seed=options.seed)

@@ -30,6 +30,7 @@ from worker.config import WorkerConfig
 from worker.ingest.decode_pool import DecodePool
 from worker.ingest.fetcher import fetcher_from_config
 from worker.model.rollout import Rollout, bundle_loader
+from worker.ops.drift import DriftSettings
 from worker.ops.health import HealthServer, Liveness
 from worker.ops.metrics import WorkerMetrics
 from worker.pipeline.batch import BatchProcessor
@@ -44,6 +45,21 @@ from worker.runtime.stages import Stages
 from worker.runtime.work import Work
 
 log = structlog.get_logger(__name__)
+
+
+def drift_settings(cfg: WorkerConfig) -> DriftSettings | None:
+    """The drift monitors' settings from the ``--drift-*`` options; None with ``--no-drift-monitor``."""
+    if not cfg.drift_monitor:
+        return None
+    return DriftSettings(
+        window_images=cfg.drift_window_images,
+        window_s=cfg.drift_window_s,
+        min_images=min(cfg.drift_min_images, cfg.drift_window_images),  # a window smaller than the minimum is judged when full
+        eval_every=cfg.drift_eval_every,
+        alpha=cfg.drift_alpha,
+        psi_min=cfg.drift_psi_min,
+        rate_min_excess=cfg.drift_rate_min_excess,
+    )
 
 
 class WorkerApp:
@@ -71,7 +87,7 @@ class WorkerApp:
             fetcher = stack.enter_context(fetcher_from_config(cfg))
             processor = BatchProcessor(PipelineSettings.from_config(cfg), rollout, cache, pool, self.metrics, fetcher)
             deliverer = self._deliverer()
-            drift = DriftReports(cfg, rollout, self.metrics)
+            drift = DriftReports(drift_settings(cfg), rollout, self.metrics, cfg.client_id)
             stack.callback(drift.close)
             stages = self._stages(processor, deliverer, drift)
             loop = self._poll_loop(pool, stages)

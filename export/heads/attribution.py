@@ -8,11 +8,24 @@ makes the top probability mean what it says, without changing the argmax).
 
 Open set: a family never seen in training must not be forced onto a known
 one. The exported graph outputs P(class); the worker reports ``unknown`` when
-the top probability is below ``unknown_threshold``, which is set on validation
-so that a chosen share (``coverage``, default 95%) of validation images of the
-known classes keeps its attribution (:func:`unknown_threshold`). How often a
-left-out family then comes out ``unknown`` is measured by ``python -m export
-eval --attribution`` (the open-set rate).
+the top probability is below ``unknown_threshold``. The validation split has
+no unseen family to set that threshold against, so one is made for it by
+**leaving each family out in turn** (:meth:`AttributionClassifier.leave_one_family_out`):
+a head is fitted without family F (same hyperparameters, temperature on the
+known validation classes), and its top probabilities on the validation images
+of the known classes (which should stay attributed) and on F's validation
+fakes (which should come out ``unknown``) are the two samples. The threshold
+maximises, averaged over the folds, the share of known images kept plus the
+share of unseen ones caught (Youden's J: no prevalence of new families is
+assumed), among thresholds that still keep at least ``coverage`` (default 95%)
+of the final head's validation images attributed (:func:`open_set_threshold`).
+The coverage-only rule it replaces (:func:`unknown_threshold`, the 5th
+percentile of validation top probabilities) knew nothing of unseen families:
+on a head near saturation it put the threshold at 1 - 1e-7, where new scenes
+of *known* families already fall below it as often as a left-out family does.
+With fewer than three families there is no fold that keeps two, and the
+coverage rule is used. How often a left-out family comes out ``unknown`` is
+measured by ``python -m export eval --attribution`` (the open-set rate).
 
 Not a detector: it is not in :mod:`export.heads`' registry and never enters
 the fused score; it lives in the manifest's ``attribution`` section. It is
@@ -22,7 +35,8 @@ least two generator families (``--no-attribution`` skips it).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -42,7 +56,10 @@ class AttributionConfig(BaseModel):
     batch_size: int = 256
     max_epochs: int = 300
     patience: int = 15
-    coverage: float = Field(0.95, gt=0, le=1, description="Share of validation images whose top probability must reach the unknown threshold.")
+    coverage: float = Field(0.95, gt=0, le=1, description="Share of validation images whose top probability must reach the unknown threshold (at least).")
+    open_set: Literal["leave-one-family-out", "coverage"] = Field(
+        "leave-one-family-out", description="How the unknown threshold is set: Youden's J over leave-one-family-out folds, or the coverage quantile alone."
+    )
 
 
 class _Softmax(nn.Module):
@@ -85,6 +102,28 @@ def unknown_threshold(top_probability: np.ndarray, coverage: float) -> float:
     return float(np.clip(top[drop], 0.0, 1.0))
 
 
+def open_set_threshold(folds: Sequence[tuple[np.ndarray, np.ndarray]], ceiling: float) -> tuple[float, float, float]:
+    """(threshold, known kept, unseen caught): the threshold at most ``ceiling`` maximising the folds' mean Youden's J.
+
+    Each fold is (top probabilities of known images, top probabilities of a left-out family's images); an image is
+    attributed when its top probability is >= the threshold. J(t) = mean over folds of P(known >= t) + P(unseen < t);
+    the candidates are the probabilities seen and the ceiling, ties go to the lowest threshold (more attributed). A
+    signal that does not separate (J never above 1) yields the lowest candidate, i.e. nothing sent to unknown.
+    """
+    if not folds:
+        raise ValueError("no folds to calibrate the open-set threshold on")
+    known = [np.sort(np.asarray(k, dtype=np.float64)) for k, _ in folds]
+    unseen = [np.sort(np.asarray(u, dtype=np.float64)) for _, u in folds]
+    if any(not len(k) or not len(u) for k, u in zip(known, unseen, strict=True)):
+        raise ValueError("every fold needs known and unseen images")
+    cands = np.unique(np.concatenate([*known, *unseen, [ceiling]]))
+    cands = cands[cands <= ceiling]
+    kept = np.mean([1.0 - np.searchsorted(k, cands, side="left") / len(k) for k in known], axis=0)
+    caught = np.mean([np.searchsorted(u, cands, side="left") / len(u) for u in unseen], axis=0)
+    i = int(np.argmax(kept + caught))  # the first maximum: the lowest threshold
+    return float(cands[i]), float(kept[i]), float(caught[i])
+
+
 def confusion(true: np.ndarray, pred: np.ndarray, n_true: int, n_pred: int) -> np.ndarray:
     """Counts: rows = true class, columns = predicted class."""
     m = np.zeros((n_true, n_pred), dtype=np.int64)
@@ -97,13 +136,17 @@ class AttributionClassifier:
     """Fit, calibrate and export the attribution head."""
 
     name = "attribution"
-    paper = "multinomial logistic regression on the frozen CLIP embedding, temperature-scaled; open set by a calibrated top-probability threshold"
+    paper = (
+        "multinomial logistic regression on the frozen CLIP embedding, temperature-scaled; open set by a top-probability threshold "
+        "calibrated on leave-one-family-out folds"
+    )
 
     def __init__(self, config: AttributionConfig | None = None, **overrides: Any) -> None:
         self.config = AttributionConfig.model_validate({**(config.model_dump() if config else {}), **overrides})
         self.classes: list[str] = []
         self.model: _Softmax | None = None
         self.threshold: float | None = None
+        self.open_set: dict[str, Any] = {}  # how the threshold was set (the manifest's attribution.training.open_set)
 
     def fit(self, train: EmbeddingSet, val: EmbeddingSet, progress: bool = False) -> FitReport:
         cfg = self.config
@@ -179,10 +222,57 @@ class AttributionClassifier:
             raise RuntimeError("attribution head is not fitted")
         return self.model.eval()
 
-    def calibrate(self, probabilities: np.ndarray) -> float:
-        """Set (and return) the unknown threshold from validation probabilities (as the exported graph computes them)."""
-        self.threshold = unknown_threshold(np.max(probabilities, axis=1), self.config.coverage)
-        return self.threshold
+    def leave_one_family_out(self, train: EmbeddingSet, val: EmbeddingSet) -> list[dict[str, Any]]:
+        """Per family F: a head fitted without F's fakes; its top probabilities on the known validation classes and on F's validation fakes."""
+        folds = []
+        for family in self.classes[:-1]:
+            unseen_train = np.array([y == 1 and g == family for g, y in zip(train.generators, train.labels.tolist(), strict=True)])
+            unseen_val = np.array([y == 1 and g == family for g, y in zip(val.generators, val.labels.tolist(), strict=True)])
+            if not unseen_val.any():
+                continue
+            head = AttributionClassifier(self.config)
+            head.fit(train.subset(np.nonzero(~unseen_train)[0]), val)
+            top = head.predict_proba(val).max(axis=1)
+            known = targets(val, head.classes) >= 0
+            folds.append({"family": family, "known": top[known], "unseen": top[unseen_val]})
+        return folds
+
+    def calibrate(self, probabilities: np.ndarray, train: EmbeddingSet | None = None, val: EmbeddingSet | None = None) -> float:
+        """Set (and return) the unknown threshold from validation probabilities (as the exported graph computes them).
+
+        With the training and validation embeddings, three or more families and ``open_set`` leave-one-family-out:
+        :func:`open_set_threshold` over the folds, capped by the coverage threshold; otherwise the coverage threshold.
+        """
+        cfg = self.config
+        ceiling = unknown_threshold(np.max(probabilities, axis=1), cfg.coverage)
+        folds = self.leave_one_family_out(train, val) if cfg.open_set == "leave-one-family-out" and train is not None and val is not None else []
+        if len(self.classes) < 4 or len(folds) < 2:
+            self.threshold = ceiling
+            self.open_set = {"method": "coverage", "coverage": cfg.coverage, "threshold": ceiling}
+            return ceiling
+        threshold, kept, caught = open_set_threshold([(f["known"], f["unseen"]) for f in folds], ceiling)
+        self.threshold = threshold
+        self.open_set = {
+            "method": "leave-one-family-out",
+            "threshold": threshold,
+            "coverage_ceiling": ceiling,
+            "coverage": cfg.coverage,
+            "known_kept": kept,
+            "unseen_unknown": caught,
+            "folds": [
+                {
+                    "family": f["family"],
+                    "known_images": len(f["known"]),
+                    "unseen_images": len(f["unseen"]),
+                    "known_kept": float((f["known"] >= threshold).mean()),
+                    "unseen_unknown": float((f["unseen"] < threshold).mean()),
+                    "known_kept_at_ceiling": float((f["known"] >= ceiling).mean()),
+                    "unseen_unknown_at_ceiling": float((f["unseen"] < ceiling).mean()),
+                }
+                for f in folds
+            ],
+        }
+        return threshold
 
     def validation_report(self, probabilities: np.ndarray, val: EmbeddingSet) -> dict[str, Any]:
         """Accuracy, per-class accuracy, attributed share and confusion matrix (with an 'unknown' column) on validation."""
@@ -208,4 +298,4 @@ class AttributionClassifier:
         return {"method": self.name, "paper": self.paper, "hyperparameters": self.config.model_dump()}
 
 
-__all__ = ["REAL_CLASS", "AttributionClassifier", "AttributionConfig", "class_names", "confusion", "targets", "unknown_threshold"]
+__all__ = ["REAL_CLASS", "AttributionClassifier", "AttributionConfig", "class_names", "confusion", "open_set_threshold", "targets", "unknown_threshold"]

@@ -41,12 +41,15 @@ def test_drift_benchmark_runs_every_stage_and_writes_its_readme_sections(tmp_pat
     for run in det["runs"]:
         assert run["delay"] is None or 0 < run["delay"] <= 180
     assert report["settings"]["window_images"] == 100
+    new = report["new_scenes"]
+    assert new["stream"] == "new scenes (test photographs)" and new["streamed"] == 80 and len(new["first"]) == 1
     assert {a["label"] for a in report["attribution"]} == {"all", "without-diffusion"}
     assert "diffusion" in report["attribution"][1]["unseen"]
     text = readme.read_text()
     assert text.startswith("top\n") and text.endswith("end\n") and "old drift" not in text and "old attribution" not in text
     assert "**False alarms**" in text and "| diffusion |" in text and "**Attribution**" in text and "*unseen:" in text
     assert "python -m export drift-benchmark" in text
+    assert "on **new scenes** (the test photographs, known families) the rate is" in text and "new crops of the *training photographs*" in text
     # cached: a rerun scores nothing again
     scores = sorted(p.name for p in (out / "scores").iterdir())
     assert main([*argv, "--until", "scores"]) == 0

@@ -95,7 +95,7 @@ REFERENCE_CONFIDENCE = 0.99
 
 @dataclass(frozen=True)
 class DriftSettings:
-    """The knobs of :class:`DriftMonitor` (``--drift-*`` options of the worker)."""
+    """The knobs of :class:`DriftMonitor` (``--drift-*`` options of the worker; :func:`worker.app.drift_settings` reads them)."""
 
     window_images: int = 1000
     window_s: float = 3600.0
@@ -105,19 +105,6 @@ class DriftSettings:
     psi_min: float = 0.1
     rate_min_excess: float = 0.02
     recover_fraction: float = 0.8
-
-    @classmethod
-    def from_config(cls, cfg: object) -> DriftSettings:
-        """From a :class:`~worker.config.WorkerConfig` (duck-typed so this module needs no config import)."""
-        return cls(
-            window_images=cfg.drift_window_images,  # type: ignore[attr-defined]
-            window_s=cfg.drift_window_s,  # type: ignore[attr-defined]
-            min_images=min(cfg.drift_min_images, cfg.drift_window_images),  # type: ignore[attr-defined]
-            eval_every=cfg.drift_eval_every,  # type: ignore[attr-defined]
-            alpha=cfg.drift_alpha,  # type: ignore[attr-defined]
-            psi_min=cfg.drift_psi_min,  # type: ignore[attr-defined]
-            rate_min_excess=cfg.drift_rate_min_excess,  # type: ignore[attr-defined]
-        )
 
     @property
     def z(self) -> float:
@@ -295,7 +282,7 @@ class DriftMonitor:
         self.bundle = bundle
         self.band = calibration_band
         self.settings = settings or DriftSettings()
-        self.metrics = metrics
+        self.metrics = metrics if metrics is not None else WorkerMetrics()  # a registry of its own when the caller exports none (benchmarks, tests)
         self.role = role
         self.worker = worker
         self._lock = threading.Lock()
@@ -339,15 +326,6 @@ class DriftMonitor:
             return None
         cal = manifest.calibration
         return cls(manifest.drift, bundle, (cal.uncertain_low, cal.uncertain_high), settings, metrics, role, worker)
-
-    @classmethod
-    def from_config(
-        cls, cfg: object, manifest: BundleManifest, bundle: BundleRef, metrics: WorkerMetrics | None = None, role: Role = "primary", worker: str | None = None
-    ) -> DriftMonitor | None:
-        """What the runtime calls per served bundle: None when ``--no-drift-monitor`` or the bundle has no drift reference."""
-        if not getattr(cfg, "drift_monitor", True):
-            return None
-        return cls.for_bundle(manifest, bundle, DriftSettings.from_config(cfg), metrics, role, worker)
 
     # -- input ------------------------------------------------------------------------------------------------
     def observe(self, verdicts: Iterable[VerdictEvent], now: float | None = None) -> list[DriftReport]:
@@ -486,8 +464,7 @@ class DriftMonitor:
         message = f"drift {verb} for {self.bundle.name}:{self.bundle.version} ({self.role}): {what}; estimated fake share {pi:.0%}"
         started = datetime.fromtimestamp(self._window[0][0], UTC) if self._window else None
         ended = datetime.fromtimestamp(self._window[-1][0], UTC) if self._window else None
-        if self.metrics is not None:
-            self.metrics.drift_reports.inc(1, self.role, self.bundle.name, self.bundle.version, r.statistic.value, status.value)
+        self.metrics.drift_reports.inc(1, self.role, self.bundle.name, self.bundle.version, r.statistic.value, status.value)
         return DriftReport(
             bundle=self.bundle,
             role=self.role,
@@ -512,8 +489,6 @@ class DriftMonitor:
 
     def _export(self, readings: list[DriftReading], pi: float) -> None:
         m = self.metrics
-        if m is None:
-            return
         ref = (self.role, self.bundle.name, self.bundle.version)
         m.drift_window.set(len(self._window), *ref)
         m.drift_fake_share.set(pi, *ref)
@@ -528,8 +503,6 @@ class DriftMonitor:
     def close(self) -> None:
         """Remove this bundle's series from the gauges (call when the bundle stops being served)."""
         m = self.metrics
-        if m is None:
-            return
         with self._lock:
             ref = (self.role, self.bundle.name, self.bundle.version)
             m.drift_window.remove(*ref)

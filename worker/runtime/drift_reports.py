@@ -8,33 +8,48 @@ delivered batch's verdicts to them, and hands back the reports for the deliver
 stage to publish. The primary monitor reads each fresh verdict's own scores;
 the shadow monitor reads the shadow scores riding on fresh verdicts (without a
 novelty distance: the shadow's embedding is not in the verdict).
+
+It is given what it uses and no more: the drift settings (built from the
+worker's configuration by :func:`worker.app.drift_settings`), where the served
+bundles are read from (anything with ``current() -> Models``: the
+:class:`~worker.model.rollout.Rollout`, or a fixed :class:`Models`), the
+metrics, and the worker's id for the reports.
 """
 
 from __future__ import annotations
 
 import threading
 from collections.abc import Sequence
+from typing import Protocol
 
 from schemas import CacheStatus, DriftReport
-from worker.config import WorkerConfig
 from worker.model.bundle import LoadedBundle
-from worker.model.rollout import Models, Rollout
-from worker.ops.drift import DriftMonitor, Observation, Role
+from worker.model.rollout import Models
+from worker.ops.drift import DriftMonitor, DriftSettings, Observation, Role
 from worker.ops.metrics import WorkerMetrics
 from worker.pipeline.outcomes import Outcome
 
 
+class ServedModels(Protocol):
+    """Where the bundles served now are read from (:class:`~worker.model.rollout.Rollout`, :class:`Models`)."""
+
+    def current(self) -> Models: ...
+
+
 class DriftReports:
-    def __init__(self, cfg: WorkerConfig, rollout: Rollout, metrics: WorkerMetrics) -> None:
-        self.cfg = cfg
+    """The drift monitors of the bundles served now; ``settings`` None: no monitoring (``--no-drift-monitor``)."""
+
+    def __init__(self, settings: DriftSettings | None, rollout: ServedModels, metrics: WorkerMetrics, worker: str | None = None) -> None:
+        self.settings = settings
         self.rollout = rollout
         self.metrics = metrics
+        self.worker = worker
         self._lock = threading.Lock()
         self._monitors: dict[Role, tuple[str, DriftMonitor | None]] = {}
 
     def observe(self, outcomes: Sequence[Outcome]) -> list[DriftReport]:
         """The reports this delivered batch raises (usually none)."""
-        if not self.cfg.drift_monitor:
+        if self.settings is None:
             return []
         models = self.rollout.current()
         verdicts = [o.verdict for o in outcomes if o.verdict is not None]
@@ -60,7 +75,7 @@ class DriftReports:
             known[1].close()  # the swapped-out bundle's gauges go with it
         monitor = None
         if bundle is not None:
-            monitor = DriftMonitor.from_config(self.cfg, bundle.manifest, bundle.ref, self.metrics, role=role, worker=self.cfg.client_id)
+            monitor = DriftMonitor.for_bundle(bundle.manifest, bundle.ref, self.settings, self.metrics, role=role, worker=self.worker)
         self._monitors[role] = (sha, monitor)
         return monitor
 

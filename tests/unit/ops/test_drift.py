@@ -253,9 +253,11 @@ def test_a_bundle_without_a_drift_reference_gets_no_monitor() -> None:
         BundleManifest.model_validate(doc)  # the novelty graph must be pinned in files
     doc["files"]["monitor.onnx"] = "0" * 64
     assert DriftMonitor.for_bundle(BundleManifest.model_validate(doc), REF) is not None
+    from worker.app import drift_settings
     from worker.config import WorkerConfig
 
     with_ref = BundleManifest.model_validate(doc)
-    m = DriftMonitor.from_config(WorkerConfig(drift_window_images=500, drift_min_images=100), with_ref, REF, role="shadow")
+    m = DriftMonitor.for_bundle(with_ref, REF, drift_settings(WorkerConfig(drift_window_images=500, drift_min_images=100)), role="shadow")
     assert m is not None and m.settings.window_images == 500 and m.settings.min_images == 100 and m.role == "shadow"
-    assert DriftMonitor.from_config(WorkerConfig(drift_monitor=False), with_ref, REF) is None
+    assert drift_settings(WorkerConfig(drift_window_images=60, drift_min_images=100)) == DriftSettings(window_images=60, min_images=60)
+    assert drift_settings(WorkerConfig(drift_monitor=False)) is None
