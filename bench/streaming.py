@@ -331,8 +331,8 @@ def run_baseline(opts: Options) -> BenchResult:
                     "and the int8 variant is the route"
                 )
     r.note(
-        "score agreement (max |aigis - naive| per image) is not zero because aigis decodes JPEGs in draft mode (DCT-domain downscale) "
-        "when the bundle allows it; open_clip decodes every pixel"
+        "score agreement (max |aigis - naive| per image): both decode every JPEG in full (the benchmark bundle is built without "
+        "--allow-draft), so what is left is float rounding between ONNX Runtime and PyTorch"
     )
     r.note(
         "PyTorch's OpenMP threads slow down sharply when another process takes one of the two cores (see the spread of the torch rows "
