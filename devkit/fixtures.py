@@ -62,21 +62,6 @@ def monitored_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     What a real ``python -m export bundle --data`` writes (tiny random-weight backbone, profile small-data),
     for tests that need the monitoring parts of a bundle in a running worker.
     """
-    from export.embed import EmbedOptions, embed_dataset
-    from export.synth import SynthConfig, make_dataset
-    from export.train import train_bundle
+    from devkit.bundles import train_small_bundle
 
-    root = tmp_path_factory.mktemp("monitored")
-    make_dataset(root / "data", SynthConfig(seed=3, image_size=224, train_per_class=24, test_per_class=8))
-    embed_dataset(root / "data" / "train", root / "emb", EmbedOptions(arch="aigis-tiny", random_weights=True))
-    train_bundle(
-        root / "bundle",
-        methods=["linear-probe"],
-        data=root / "emb",
-        arch="aigis-tiny",
-        pretrained=None,
-        random_weights=True,
-        profile="small-data",
-        progress=False,
-    )
-    return root / "bundle"
+    return train_small_bundle(tmp_path_factory.mktemp("monitored"), seed=3, test_per_class=8)

@@ -153,6 +153,10 @@ def settings_env(settings: Mapping[str, Any]) -> tuple[dict[str, str], list[str]
     return env, unknown
 
 
+#: Drift settings that let a test see a report after tens of images (window 200, judged every 5 once it holds 30; batches of 8).
+SMALL_DRIFT_WINDOW = {"AIGIS_DRIFT_WINDOW_IMAGES": "200", "AIGIS_DRIFT_MIN_IMAGES": "30", "AIGIS_DRIFT_EVAL_EVERY": "5", "AIGIS_MAX_BATCH": "8"}
+
+
 def worker_env(servers: DevServers, topics: Topics, bundle: Path, *, inherit_settings: bool = False, **extra: str) -> dict[str, str]:
     """The environment for one worker on ``servers``.
 

@@ -245,8 +245,11 @@ class AttributionClassifier:
         """
         cfg = self.config
         ceiling = unknown_threshold(np.max(probabilities, axis=1), cfg.coverage)
-        folds = self.leave_one_family_out(train, val) if cfg.open_set == "leave-one-family-out" and train is not None and val is not None else []
-        if len(self.classes) < 4 or len(folds) < 2:
+        # A fold leaves one family out and still needs two to fit: three families (four classes with real) at least.
+        folds: list[dict[str, Any]] = []
+        if cfg.open_set == "leave-one-family-out" and train is not None and val is not None and len(self.classes) >= 4:
+            folds = self.leave_one_family_out(train, val)
+        if len(folds) < 2:
             self.threshold = ceiling
             self.open_set = {"method": "coverage", "coverage": cfg.coverage, "threshold": ceiling}
             return ceiling

@@ -14,7 +14,20 @@ from pathlib import Path
 
 from kafka import KafkaConsumer, TopicPartition
 
-from devkit.harness import OutputReader, Topics, create_topics, http_get, metric_sum, publish, raw_records, start_worker, stop, wait_until, worker_env
+from devkit.harness import (
+    SMALL_DRIFT_WINDOW,
+    OutputReader,
+    Topics,
+    create_topics,
+    http_get,
+    metric_sum,
+    publish,
+    raw_records,
+    start_worker,
+    stop,
+    wait_until,
+    worker_env,
+)
 from devkit.images import pattern_images
 from devkit.servers import free_port
 from schemas import DriftReport
@@ -41,10 +54,7 @@ def test_unfamiliar_images_raise_a_novelty_drift_report_and_cache_hits_do_not_co
         monitored_bundle,
         AIGIS_METRICS_PORT=str(port),
         AIGIS_DRIFT_TOPIC=drift_topic,
-        AIGIS_DRIFT_WINDOW_IMAGES="200",
-        AIGIS_DRIFT_MIN_IMAGES="30",
-        AIGIS_DRIFT_EVAL_EVERY="5",
-        AIGIS_MAX_BATCH="8",
+        **SMALL_DRIFT_WINDOW,
     )
     proc = start_worker(env, tmp_path / "worker.log")
     reader = OutputReader(servers.bootstrap_servers, topics)

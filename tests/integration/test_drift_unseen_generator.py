@@ -16,7 +16,20 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from devkit.harness import OutputReader, Topics, create_topics, http_get, metric_sum, publish, raw_records, start_worker, stop, wait_until, worker_env
+from devkit.harness import (
+    SMALL_DRIFT_WINDOW,
+    OutputReader,
+    Topics,
+    create_topics,
+    http_get,
+    metric_sum,
+    publish,
+    raw_records,
+    start_worker,
+    stop,
+    wait_until,
+    worker_env,
+)
 from devkit.servers import free_port
 from schemas import DriftReport, DriftStatus
 
@@ -26,27 +39,13 @@ KNOWN = ["autoencoder", "diffusion", "upsample-texture"]
 
 @pytest.fixture(scope="module")
 def left_out(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from devkit.bundles import train_small_bundle
     from export.drift_benchmark import make_pool
-    from export.embed import EmbedOptions, embed_dataset
-    from export.synth import SynthConfig, make_dataset
-    from export.train import train_bundle
 
     root = tmp_path_factory.mktemp("unseen")
-    make_dataset(root / "data", SynthConfig(seed=5, image_size=224, train_per_class=24, test_per_class=4, encoding="png"))
-    embed_dataset(root / "data" / "train", root / "emb", EmbedOptions(arch="aigis-tiny", random_weights=True))
-    train_bundle(
-        root / "bundle",
-        methods=["linear-probe"],
-        data=root / "emb",
-        arch="aigis-tiny",
-        pretrained=None,
-        random_weights=True,
-        profile="small-data",
-        exclude_generators=[UNSEEN],
-        progress=False,
-    )
+    bundle = train_small_bundle(root, seed=5, test_per_class=4, exclude_generators=[UNSEEN], encoding="png")
     return {
-        "bundle": root / "bundle",
+        "bundle": bundle,
         "known": make_pool(root / "known", "train", 10, 5, families=KNOWN, progress=False),
         "unseen": make_pool(root / "new", "train", 40, 5, families=[UNSEEN], progress=False),
     }
@@ -81,10 +80,7 @@ def test_a_family_left_out_of_training_raises_a_drift_alarm_in_a_live_worker(ser
         left_out["bundle"],
         AIGIS_METRICS_PORT=str(port),
         AIGIS_DRIFT_TOPIC=drift_topic,
-        AIGIS_DRIFT_WINDOW_IMAGES="200",
-        AIGIS_DRIFT_MIN_IMAGES="30",
-        AIGIS_DRIFT_EVAL_EVERY="5",
-        AIGIS_MAX_BATCH="8",
+        **SMALL_DRIFT_WINDOW,
     )
     proc = start_worker(env, tmp_path / "worker.log")
     reader = OutputReader(servers.bootstrap_servers, topics)
