@@ -16,6 +16,7 @@ Benchmarks (in run order):
   uri        events pointing at a store that answers after 50 ms vs the same images inline
   scaling    7. aigis-tiny, ViT-B-16, ViT-L-14 (random weights): how cost grows
   provenance the provenance stage's cost per image on the cache-miss path (target: under 5% of decode) and the watermark's false positives
+  augment    export embed --augment K (UFD's training augmentation): images/s and embeddings/s by preprocessing mode and K
 
 Each benchmark writes OUT/NAME.json (machine, command, settings, rows with
 median and spread, targets, notes); OUT/results.md is regenerated from all the
@@ -35,6 +36,7 @@ from bench.results import BenchResult
 
 
 def _registry() -> dict[str, Callable[[Options], BenchResult]]:
+    from bench.augment import run_augment
     from bench.backbone import run_backbone, run_roofline, run_scaling
     from bench.decode import run_decode
     from bench.provenance import run_provenance
@@ -52,10 +54,11 @@ def _registry() -> dict[str, Callable[[Options], BenchResult]]:
         "uri": run_uri,
         "scaling": run_scaling,
         "provenance": run_provenance,
+        "augment": run_augment,
     }
 
 
-NAMES = ["roofline", "backbone", "decode", "streaming", "baseline", "cache", "latency", "uri", "scaling", "provenance"]
+NAMES = ["roofline", "backbone", "decode", "streaming", "baseline", "cache", "latency", "uri", "scaling", "provenance", "augment"]
 
 
 def _ints(text: str) -> list[int]:

@@ -24,7 +24,7 @@ from bench.results import load_results
 ROOT = Path(__file__).resolve().parents[1]
 PLOT = "backbone_throughput.png"
 FULL_COMMAND = "python -m bench --all --out bench/results && python -m bench.report --out bench/results --readme"
-ORDER = ["roofline", "backbone", "decode", "streaming", "baseline", "cache", "latency", "uri", "scaling", "provenance"]
+ORDER = ["roofline", "backbone", "decode", "streaming", "baseline", "cache", "latency", "uri", "scaling", "provenance", "augment"]
 
 
 def f(x: Any, digits: int = 3) -> str:
@@ -294,6 +294,16 @@ def _provenance(d: dict[str, Any]) -> str:
     return "\n\n".join(parts)
 
 
+def _augment(d: dict[str, Any]) -> str:
+    c = d["config"]
+    head = (
+        f"`export embed --augment K` on {c['images']} synthetic {c['image_size']} x {c['image_size']} training images, "
+        f"{c['arch']} ({c['weights']} weights), median of {c['reps']} run{'s' if c['reps'] != 1 else ''}:\n\n"
+    )
+    rows = [(r["mode"], r["augment"], spread(r["images_per_s"]), f(r["embeddings_per_s"])) for r in d["rows"]]
+    return head + table(["mode", "K", "images/s", "embeddings/s"], rows)
+
+
 RENDER = {
     "roofline": _roofline,
     "backbone": _backbone,
@@ -305,6 +315,7 @@ RENDER = {
     "uri": _uri,
     "scaling": _scaling,
     "provenance": _provenance,
+    "augment": _augment,
 }
 
 
@@ -367,7 +378,14 @@ def render(results: dict[str, dict[str, Any]], out_dir: Path, for_readme: bool =
             "> **Quick run** (`--quick`: small models, short runs) on a machine shared with other work, to validate the harness. "
             "The numbers are indicative only; the full run below replaces them."
         )
-    parts.append(f"Machine: {one_line(machine)}; Python {v.get('python')}, {libs}.")
+    by_machine: dict[str, list[str]] = {}
+    for name, res in results.items():
+        by_machine.setdefault(one_line(res["machine"]), []).append(name)
+    if len(by_machine) == 1:
+        parts.append(f"Machine: {one_line(machine)}; Python {v.get('python')}, {libs}.")
+    else:  # benchmarks re-run on another day can land on another machine of the same size: say which ran where
+        where = "; ".join(f"{m} ({', '.join(names)})" for m, names in by_machine.items())
+        parts.append(f"Machines: {where}. Python {v.get('python')}, {libs}.")
     commands = ", ".join(f"`{c}`" for c in dict.fromkeys(d["command"] for d in results.values()))
     parts.append(f"Produced by: {commands}. Full run and README refresh: `{FULL_COMMAND}`.")
     parts.append(f"1-minute load average at start→end of each benchmark (2 cores: above ~2 the machine was busy): {loads}.")

@@ -26,11 +26,13 @@ def bench_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.Mo
     cache = tmp_path_factory.getbasetemp() / "bench-cache"
     monkeypatch.setenv("AIGIS_BENCH_CACHE", str(cache))
     import bench.artifacts
+    import bench.augment
     import bench.decode
     import bench.streaming
 
     monkeypatch.setattr(bench.artifacts, "CACHE", cache)
     monkeypatch.setattr(bench.decode, "CACHE", cache)
+    monkeypatch.setattr(bench.augment, "CACHE", cache)
     monkeypatch.setattr(bench.streaming, "PROFILES", cache / "profiles")
     return cache
 
@@ -143,3 +145,18 @@ def test_provenance_benchmark_writes_its_rows_targets_and_section(bench_cache: P
     md = (out / "results.md").read_text()
     assert "### Provenance stage" in md and "| image | prepare, provenance off (ms) |" in md and "Watermark false positives on" in md
     assert "| provenance | provenance / decode + preprocess, 3MP JPEG q90, C2PA-signed (miss path) | <= 5% |" in md
+
+
+def test_augment_benchmark_times_each_mode_and_copy_count(bench_cache: Path, tmp_path: Path) -> None:
+    """``--only augment``: one row per preprocessing mode and K, embeddings/s = images/s x (K + 1), a results.md section."""
+    out = tmp_path / "results"
+    assert bench_main(["--only", "augment", "--quick", "--out", str(out)]) == 0
+    doc = json.loads((out / "augment.json").read_text())
+    assert [(r["mode"], r["augment"]) for r in doc["rows"]] == [(m, k) for m in ("ufd", "clip") for k in (0, 1, 4)]
+    for row in doc["rows"]:
+        assert row["images"] == doc["config"]["images"] == 64  # --quick: 8 per class, 4 families, real and fake
+        assert row["images_per_s"]["median"] > 0
+        assert row["embeddings_per_s"] == pytest.approx(row["images_per_s"]["median"] * (row["augment"] + 1))
+    assert not (bench_cache / "augment" / "emb").exists()  # the embeddings are scratch, removed after the run
+    md = (out / "results.md").read_text()
+    assert "### Embedding with --augment K" in md and "| mode | K | images/s | embeddings/s |" in md
