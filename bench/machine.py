@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,36 @@ def pin_process(pid: int, cpus: set[int]) -> int:
 
 def usable_cpus() -> set[int]:
     return set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set(range(os.cpu_count() or 1))
+
+
+def _cpu_times() -> tuple[float, float] | None:
+    """(busy, total) jiffies summed over every CPU since boot, from /proc/stat; None where there is none."""
+    try:
+        fields = [float(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0.0)  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def settle_cpu(busy_below: float = 0.15, quiet_windows: int = 2, window_s: float = 1.0, max_s: float = 60.0) -> float:
+    """Wait until the whole machine is nearly idle (under ``busy_below`` of its CPU for ``quiet_windows`` windows in a row).
+
+    A latency point measured while the broker still digests the previous point's
+    backlog measures that backlog. Returns the seconds waited (``max_s`` at most;
+    0 where /proc/stat cannot be read).
+    """
+    start = time.monotonic()
+    prev = _cpu_times()
+    if prev is None:
+        return 0.0
+    quiet = 0
+    while quiet < quiet_windows and time.monotonic() - start < max_s:
+        time.sleep(window_s)
+        now = _cpu_times()
+        if now is None:
+            break
+        busy, total = now[0] - prev[0], now[1] - prev[1]
+        quiet = quiet + 1 if total > 0 and busy / total < busy_below else 0
+        prev = now
+    return time.monotonic() - start

@@ -23,6 +23,7 @@ them. Rates come from output record timestamps (:func:`bench.stats.steady_rate`)
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import statistics
@@ -33,11 +34,12 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from bench.artifacts import CACHE, ensure_bundle, ensure_variant, jpeg_near_size, photo_jpegs, with_comment
-from bench.machine import pin_process, usable_cpus
+from bench.machine import pin_process, settle_cpu, usable_cpus
 from bench.options import Options
 from bench.profiling import Profiler, available_py_spy, library_share, summarize_profile
 from bench.results import BenchResult
@@ -597,6 +599,31 @@ def _breakdown_text(row: dict[str, Any]) -> str:
     return "; ".join(parts)
 
 
+@contextlib.contextmanager
+def _latency_worker(
+    r: BenchResult, opts: Options, servers: DevServers, bundle: Path, pool: list[bytes], wait: int, isolate: tuple[set[int], set[int]] | None
+) -> Iterator[tuple[OutputReader, subprocess.Popen[bytes], Path, Topics, int]]:
+    """A fresh topic and a warmed-up worker (pinned when ``isolate``) serving /metrics; stopped on exit."""
+    boot = servers.bootstrap_servers
+    t = Topics.fresh(boot, 2)
+    log = Path(tempfile.mkdtemp(prefix="aigis-bench-lat-")) / f"lat-{wait}.log"
+    port = free_port()
+    worker = start_worker(_env(r, opts, servers, t, bundle, max_wait_ms=wait, metrics_port=port), log)
+    if isolate is not None:
+        pin_process(worker.pid, isolate[0])  # before it starts any thread; its threads inherit the mask
+    reader = OutputReader(boot, t)
+    try:
+        warm = [f"warm-{i}" for i in range(4)]
+        publish(boot, t.uploads, [(k.encode(), with_comment(pool[i], k)) for i, k in enumerate(warm)])
+        reader.require(set(warm), 180, worker, log)
+        if isolate is not None and pin_process(worker.pid, isolate[0]) < 2:
+            raise RuntimeError("could not pin the worker's threads")
+        yield reader, worker, log, t, port
+    finally:
+        stop(worker, timeout=STOP_S)
+        reader.close()
+
+
 def _latency_pass(
     r: BenchResult,
     opts: Options,
@@ -627,29 +654,23 @@ def _latency_pass(
     try:
         capacity = None
         for wait in waits:
-            t = Topics.fresh(boot, 2)
-            log = Path(tempfile.mkdtemp(prefix="aigis-bench-lat-")) / f"lat-{arch}-{wait}.log"
-            port = free_port()
-            worker = start_worker(_env(r, opts, servers, t, bundle, max_wait_ms=wait, metrics_port=port), log)
-            if isolate is not None:
-                pin_process(worker.pid, isolate[0])  # before it starts any thread; its threads inherit the mask
-            reader = OutputReader(boot, t)
-            try:
-                warm = [f"warm-{i}" for i in range(4)]
-                publish(boot, t.uploads, [(k.encode(), with_comment(pool[i], k)) for i, k in enumerate(warm)])
-                reader.require(set(warm), 180, worker, log)
-                if isolate is not None and pin_process(worker.pid, isolate[0]) < 2:
-                    raise RuntimeError("could not pin the worker's threads")
-                if capacity is None:
+            if capacity is None:
+                # Capacity on a topic and worker of its own: the 1.5x overload leaves thousands of records in
+                # its topic and the broker busy for a while, and the first measured point run after it on the
+                # same topic came out twice as slow as the same point run later (2026-12-04: p50 51.7 vs 27.2 ms).
+                with _latency_worker(r, opts, servers, bundle, pool, wait, isolate) as (reader, worker, log, t, _):
                     print(f"  {arch} ({cores}): capacity under a live producer (offered {1.5 * backlog:.1f}/s) ...", flush=True)
                     _, got = _latency_point(boot, reader, worker, log, t.uploads, pool, f"sat-{len(r.rows)}", 1.5 * backlog, opts.latency_seconds)
-                    capacity = got["rate"]
-                    if not capacity > 0:
-                        raise RuntimeError(f"could not measure {arch}'s capacity (rate {capacity}); give it more images or seconds")
-                    key = "capacity_images_per_s" if isolate is None else "capacity_images_per_s_worker_alone"
-                    r.config.setdefault(key, {})[arch] = capacity
-                    r.config.setdefault("capacity_measured_with_max_wait_ms", wait)
-                    print(f"  {arch}: backlog {backlog:.1f}/s, capacity with live producer {capacity:.1f}/s", flush=True)
+                capacity = got["rate"]
+                if not capacity > 0:
+                    raise RuntimeError(f"could not measure {arch}'s capacity (rate {capacity}); give it more images or seconds")
+                key = "capacity_images_per_s" if isolate is None else "capacity_images_per_s_worker_alone"
+                r.config.setdefault(key, {})[arch] = capacity
+                r.config.setdefault("capacity_measured_with_max_wait_ms", wait)
+                print(f"  {arch}: backlog {backlog:.1f}/s, capacity with live producer {capacity:.1f}/s", flush=True)
+                settled = settle_cpu()
+                r.config.setdefault("settle_s_after_capacity", []).append(round(settled, 1))
+            with _latency_worker(r, opts, servers, bundle, pool, wait, isolate) as (reader, worker, log, t, port):
                 for load in opts.latency_loads:
                     rate = load * capacity
                     print(f"  {arch}: max-wait {wait} ms, offered {rate:.1f}/s ({load:.0%}) for {opts.latency_seconds:.0f} s ...", flush=True)
@@ -665,9 +686,8 @@ def _latency_pass(
                         flush=True,
                     )
                     print("    breakdown: " + _breakdown_text(stats), flush=True)
-            finally:
-                stop(worker, timeout=STOP_S)
-                reader.close()
+                    if load != opts.latency_loads[-1]:
+                        settle_cpu()  # a 90 % point leaves a queue behind too
     finally:
         if isolate is not None:
             everything = isolate[0] | isolate[1]
